@@ -1,0 +1,470 @@
+"""The link state machine: handshake, stream states, flow control, GoAway. No I/O.
+
+Feed received bytes with `receive_data()`, pull validated messages with `next_event()`.
+Encode what you want to send with `send(message)`, which checks it against the state and
+returns the frame's buffers. Frames the protocol itself must send (HelloAck, Pong,
+WindowUpdate, Reset and GoAway on violations) collect in `data_to_send()`.
+
+Roles: the agent opens streams with odd ids, increasing; the server never opens streams.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+
+import attrs
+
+from .codec import DEFAULT_MAX_DATA_SIZE, FrameDecoder, encode
+from .errors import (
+    ErrorCode,
+    LinkProtocolError,
+    LocalProtocolError,
+    StreamProtocolError,
+)
+from .messages import (
+    MAX_WINDOW,
+    OPENING_TYPES,
+    REPLY_TYPES,
+    Connect,
+    ConnectAck,
+    Data,
+    GoAway,
+    Hello,
+    HelloAck,
+    Message,
+    Ping,
+    Pong,
+    Request,
+    Reset,
+    Response,
+    StreamMessage,
+    WebSocketAck,
+    WebSocketClose,
+    WebSocketMessage,
+    WebSocketOpen,
+    WindowUpdate,
+)
+
+PROTOCOL_VERSION = 1
+DEFAULT_INITIAL_WINDOW = 256 * 1024
+DEFAULT_MAX_STREAMS = 1024
+
+
+class Role(enum.Enum):
+    AGENT = "agent"
+    SERVER = "server"
+
+
+class LinkState(enum.Enum):
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class StreamKind(enum.Enum):
+    REQUEST = "request"
+    CONNECT = "connect"
+    WEBSOCKET = "websocket"
+
+
+_KIND_OF_OPENING: dict[type[Message], StreamKind] = {
+    Request: StreamKind.REQUEST,
+    Connect: StreamKind.CONNECT,
+    WebSocketOpen: StreamKind.WEBSOCKET,
+}
+_KIND_OF_REPLY: dict[type[Message], StreamKind] = {
+    Response: StreamKind.REQUEST,
+    ConnectAck: StreamKind.CONNECT,
+    WebSocketAck: StreamKind.WEBSOCKET,
+}
+
+
+@attrs.frozen
+class Settings:
+    """What this side enforces on what it receives; sent to the peer in Hello/HelloAck."""
+
+    peer_name: str = "fluidity"
+    max_data_size: int = DEFAULT_MAX_DATA_SIZE
+    initial_window: int = DEFAULT_INITIAL_WINDOW
+    max_streams: int = DEFAULT_MAX_STREAMS
+
+    def __attrs_post_init__(self) -> None:
+        if not 1024 <= self.max_data_size <= 16 * 1024 * 1024:
+            raise ValueError("max_data_size must be between 1 KiB and 16 MiB")
+        if not self.max_data_size <= self.initial_window <= MAX_WINDOW:
+            raise ValueError("initial_window must be at least max_data_size and below 2**31")
+        if not 1 <= self.max_streams <= 2**20:
+            raise ValueError("max_streams must be between 1 and 2**20")
+
+
+@attrs.define
+class StreamState:
+    """Per-stream bookkeeping. `send_window` is our credit; `recv_window` the peer's."""
+
+    kind: StreamKind
+    send_window: int
+    recv_window: int
+    replied: bool = False
+    local_closed: bool = False
+    remote_closed: bool = False
+    #: Bytes the application consumed that were not yet credited back to the peer.
+    unacked: int = 0
+
+
+def _misplaced(message: Message, stream: StreamState) -> str:
+    return f"{type(message).__name__} on a {stream.kind.value} stream"
+
+
+def flow_size(message: Data | WebSocketMessage) -> int:
+    """Bytes a payload frame counts against the window; an empty WebSocket fragment counts 1."""
+    n = len(message.data)
+    return n if n or isinstance(message, Data) else 1
+
+
+class Connection:
+    """One side of a link. Not thread-safe; one task drives it."""
+
+    def __init__(self, role: Role, settings: Settings | None = None) -> None:
+        self.role = role
+        self.local_settings = settings or Settings()
+        self.peer_settings: Settings | None = None
+        self.peer_name = ""
+        self.state = LinkState.HANDSHAKE
+        self.streams: dict[int, StreamState] = {}
+        self.highest_stream_id = 0
+        self.goaway_sent: GoAway | None = None
+        self.goaway_received: GoAway | None = None
+        self._decoder = FrameDecoder(self.local_settings.max_data_size)
+        self._outbox: list[bytes] = []
+        self._hello_sent = False
+
+    # -- handshake ------------------------------------------------------------------------
+
+    def initiate(self) -> None:
+        """Agent only: queue the Hello that starts the link."""
+        if self.role is not Role.AGENT or self._hello_sent:
+            raise LocalProtocolError("only the agent sends Hello, once")
+        self._hello_sent = True
+        self._queue(self._hello(Hello))
+
+    def _hello(self, cls: type[Hello] | type[HelloAck]) -> Hello | HelloAck:
+        s = self.local_settings
+        return cls(PROTOCOL_VERSION, s.peer_name, s.max_data_size, s.initial_window, s.max_streams)
+
+    # -- output ---------------------------------------------------------------------------
+
+    def data_to_send(self) -> list[bytes]:
+        """Frames the protocol generated itself, in order; the caller must send them."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    def _queue(self, message: Message) -> None:
+        self._outbox.extend(encode(message))
+
+    @property
+    def max_send_data(self) -> int:
+        """The largest payload the peer accepts in one frame."""
+        return self._peer().max_data_size
+
+    def _peer(self) -> Settings:
+        if self.peer_settings is None:
+            raise LocalProtocolError("the handshake has not completed")
+        return self.peer_settings
+
+    def next_stream_id(self) -> int:
+        """The id the agent must use for its next stream."""
+        return self.highest_stream_id + 2 if self.highest_stream_id else 1
+
+    def can_open_stream(self) -> bool:
+        return (
+            self.role is Role.AGENT
+            and self.state is LinkState.OPEN
+            and self.goaway_received is None
+            and self.goaway_sent is None
+            and len(self.streams) < self._peer().max_streams
+        )
+
+    def send_window(self, stream_id: int) -> int:
+        """Bytes we may send on the stream now (0 for a stream that is gone)."""
+        stream = self.streams.get(stream_id)
+        return stream.send_window if stream is not None else 0
+
+    def send(self, message: Message) -> list[bytes]:
+        """Check `message` against the state, update it, and return the frame's buffers."""
+        if self.state is LinkState.CLOSED:
+            raise LocalProtocolError("the link is closed")
+        if isinstance(message, StreamMessage):
+            self._send_stream_message(message)
+        elif isinstance(message, GoAway):
+            self.goaway_sent = message
+        elif isinstance(message, Ping | Pong):
+            if self.state is not LinkState.OPEN:
+                raise LocalProtocolError("ping before the handshake completed")
+        else:
+            raise LocalProtocolError(f"{type(message).__name__} is sent by the protocol itself")
+        return encode(message)
+
+    def _send_stream_message(self, message: StreamMessage) -> None:
+        sid = message.stream_id
+        if isinstance(message, OPENING_TYPES):
+            if not self.can_open_stream():
+                raise LocalProtocolError("cannot open a stream now (see can_open_stream)")
+            if sid != self.next_stream_id():
+                raise LocalProtocolError(f"next stream id must be {self.next_stream_id()}")
+            self.highest_stream_id = sid
+            self.streams[sid] = StreamState(
+                _KIND_OF_OPENING[type(message)],
+                send_window=self._peer().initial_window,
+                recv_window=self.local_settings.initial_window,
+            )
+            if isinstance(message, Request) and message.end_stream:
+                self._close_local(sid)
+            return
+        if isinstance(message, WindowUpdate):
+            raise LocalProtocolError("use acknowledge_received_data() to return credit")
+        stream = self.streams.get(sid)
+        if stream is None:
+            if isinstance(message, Reset):
+                return  # resetting a stream that already ended is harmless
+            raise LocalProtocolError(f"stream {sid} is not open")
+        if isinstance(message, Reset):
+            del self.streams[sid]
+            return
+        if isinstance(message, REPLY_TYPES):
+            if self.role is not Role.SERVER or stream.replied:
+                raise LocalProtocolError("only the server replies, once per stream")
+            if _KIND_OF_REPLY[type(message)] is not stream.kind:
+                raise LocalProtocolError(_misplaced(message, stream))
+            stream.replied = True
+            if isinstance(message, Response) and message.end_stream:
+                self._close_local(sid)
+            elif isinstance(message, ConnectAck | WebSocketAck) and not message.success:
+                del self.streams[sid]
+            return
+        if stream.local_closed:
+            raise LocalProtocolError(f"stream {sid} is closed for sending")
+        if self.role is Role.SERVER and not stream.replied:
+            raise LocalProtocolError("the server must reply before sending on a stream")
+        if isinstance(message, Data | WebSocketMessage):
+            is_ws = isinstance(message, WebSocketMessage)
+            if is_ws != (stream.kind is StreamKind.WEBSOCKET):
+                raise LocalProtocolError(_misplaced(message, stream))
+            if self.role is Role.AGENT and stream.kind is StreamKind.CONNECT and not stream.replied:
+                raise LocalProtocolError("tunnel data before ConnectAck")
+            size = flow_size(message)
+            if len(message.data) > self.max_send_data:
+                raise LocalProtocolError("payload exceeds the peer's max_data_size")
+            if size > stream.send_window:
+                raise LocalProtocolError("payload exceeds the stream's send window")
+            if isinstance(message, Data) and not message.data and not message.end_stream:
+                raise LocalProtocolError("empty Data frame without end_stream")
+            stream.send_window -= size
+            if isinstance(message, Data) and message.end_stream:
+                self._close_local(sid)
+        elif isinstance(message, WebSocketClose):
+            if stream.kind is not StreamKind.WEBSOCKET:
+                raise LocalProtocolError("WebSocketClose on a non-WebSocket stream")
+            self._close_local(sid)
+
+    def _close_local(self, sid: int) -> None:
+        stream = self.streams[sid]
+        stream.local_closed = True
+        if stream.remote_closed:
+            del self.streams[sid]
+
+    def _close_remote(self, sid: int) -> None:
+        stream = self.streams[sid]
+        stream.remote_closed = True
+        if stream.local_closed:
+            del self.streams[sid]
+
+    # -- flow control ---------------------------------------------------------------------
+
+    def acknowledge_received_data(self, stream_id: int, size: int) -> None:
+        """The application consumed `size` bytes of the stream: hand the credit back.
+
+        WindowUpdate frames are batched: one goes out once half the window is consumed.
+        """
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.remote_closed or size <= 0:
+            return
+        stream.unacked += size
+        if stream.unacked >= self.local_settings.initial_window // 2:
+            increment, stream.unacked = stream.unacked, 0
+            stream.recv_window += increment
+            self._queue(WindowUpdate(stream_id, increment))
+
+    # -- input ----------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes received from the peer."""
+        if self.state is LinkState.CLOSED:
+            raise LocalProtocolError("the link is closed")
+        try:
+            self._decoder.receive_data(data)
+        except LinkProtocolError as exc:
+            self._fail(exc)
+
+    def next_event(self) -> Message | None:
+        """The next message from the peer, validated against the state, or None for more bytes.
+
+        Raises StreamProtocolError (that stream has been reset; keep going) or LinkProtocolError
+        (a GoAway is queued in data_to_send(); the link is dead).
+        """
+        while self.state is not LinkState.CLOSED:
+            try:
+                message = self._decoder.next_message()
+                if message is None:
+                    return None
+                if self._process(message):
+                    return message
+            except StreamProtocolError as exc:
+                self._queue(Reset(exc.stream_id, exc.code, str(exc)))
+                self.streams.pop(exc.stream_id, None)
+                raise
+            except LinkProtocolError as exc:
+                self._fail(exc)
+        raise LocalProtocolError("the link is closed")
+
+    def events(self) -> Iterator[Message]:
+        """Iterate next_event() until it needs more bytes."""
+        while (message := self.next_event()) is not None:
+            yield message
+
+    def _fail(self, exc: LinkProtocolError) -> None:
+        self._queue(GoAway(self.highest_stream_id, exc.code, str(exc)))
+        self.state = LinkState.CLOSED
+        raise exc
+
+    def _process(self, message: Message) -> bool:
+        """Apply a received message to the state. False means: handled, nothing to report."""
+        if self.state is LinkState.HANDSHAKE:
+            return self._process_handshake(message)
+        if isinstance(message, StreamMessage):
+            return self._process_stream_message(message)
+        if isinstance(message, Ping):
+            self._queue(Pong(message.opaque))
+        elif isinstance(message, GoAway):
+            self.goaway_received = message
+        elif isinstance(message, Hello | HelloAck):
+            raise LinkProtocolError("a second Hello")
+        return True
+
+    def _process_handshake(self, message: Message) -> bool:
+        if isinstance(message, GoAway):
+            self.goaway_received = message
+            return True
+        expected = Hello if self.role is Role.SERVER else HelloAck
+        if not isinstance(message, expected):
+            raise LinkProtocolError(f"expected {expected.__name__}, got {type(message).__name__}")
+        if message.version != PROTOCOL_VERSION:
+            raise LinkProtocolError(
+                f"protocol version {message.version} is not supported (this side speaks "
+                f"{PROTOCOL_VERSION})",
+                ErrorCode.UNSUPPORTED_VERSION,
+            )
+        try:
+            self.peer_settings = Settings(
+                message.peer_name,
+                message.max_data_size,
+                message.initial_window,
+                message.max_streams,
+            )
+        except ValueError as exc:
+            raise LinkProtocolError(f"unacceptable settings: {exc}") from None
+        self.peer_name = message.peer_name
+        if self.role is Role.SERVER:
+            self._queue(self._hello(HelloAck))
+        self.state = LinkState.OPEN
+        return True
+
+    def _process_stream_message(self, message: StreamMessage) -> bool:
+        sid = message.stream_id
+        if isinstance(message, OPENING_TYPES):
+            return self._process_opening(message)
+        stream = self.streams.get(sid)
+        if stream is None:
+            if (
+                sid == 0
+                or sid > self.highest_stream_id
+                or (self.role is Role.SERVER and sid % 2 == 0)
+            ):
+                raise LinkProtocolError(f"{type(message).__name__} on stream {sid}, never opened")
+            return False  # a stream that already ended: a frame in flight, drop it
+        if isinstance(message, Reset):
+            del self.streams[sid]
+            return True
+        if isinstance(message, WindowUpdate):
+            if message.increment == 0 or stream.send_window + message.increment > MAX_WINDOW:
+                raise StreamProtocolError(sid, "bad window increment", ErrorCode.FLOW_CONTROL_ERROR)
+            stream.send_window += message.increment
+            return True
+        if isinstance(message, REPLY_TYPES):
+            if self.role is not Role.AGENT:
+                raise LinkProtocolError(f"the agent sent {type(message).__name__}")
+            if stream.replied or _KIND_OF_REPLY[type(message)] is not stream.kind:
+                raise StreamProtocolError(sid, f"unexpected {type(message).__name__}")
+            stream.replied = True
+            if isinstance(message, Response) and message.end_stream:
+                self._close_remote(sid)
+            elif isinstance(message, ConnectAck | WebSocketAck) and not message.success:
+                del self.streams[sid]
+            return True
+        if stream.remote_closed:
+            raise StreamProtocolError(
+                sid, f"{type(message).__name__} after the end of stream", ErrorCode.STREAM_CLOSED
+            )
+        peer_must_wait = (
+            self.role is Role.AGENT or stream.kind is not StreamKind.REQUEST
+        ) and not stream.replied
+        if peer_must_wait:
+            raise StreamProtocolError(sid, f"{type(message).__name__} before the reply")
+        if isinstance(message, Data | WebSocketMessage):
+            is_ws = isinstance(message, WebSocketMessage)
+            if is_ws != (stream.kind is StreamKind.WEBSOCKET):
+                raise StreamProtocolError(
+                    sid, f"{type(message).__name__} on a {stream.kind.value} stream"
+                )
+            if isinstance(message, Data) and not message.data and not message.end_stream:
+                raise StreamProtocolError(sid, "empty Data frame without end_stream")
+            size = flow_size(message)
+            if size > stream.recv_window:
+                raise LinkProtocolError(
+                    f"stream {sid}: {size} bytes sent with {stream.recv_window} of credit",
+                    ErrorCode.FLOW_CONTROL_ERROR,
+                )
+            stream.recv_window -= size
+            if isinstance(message, Data) and message.end_stream:
+                self._close_remote(sid)
+            return True
+        if isinstance(message, WebSocketClose):
+            if stream.kind is not StreamKind.WEBSOCKET:
+                raise StreamProtocolError(sid, "WebSocketClose on a non-WebSocket stream")
+            self._close_remote(sid)
+            return True
+        raise LinkProtocolError(f"unexpected {type(message).__name__}")  # pragma: no cover
+
+    def _process_opening(self, message: Request | Connect | WebSocketOpen) -> bool:
+        sid = message.stream_id
+        if self.role is not Role.SERVER:
+            raise LinkProtocolError("the server may not open streams")
+        if sid % 2 == 0 or sid <= self.highest_stream_id:
+            raise LinkProtocolError(
+                f"stream id {sid} is not odd and above {self.highest_stream_id}"
+            )
+        self.highest_stream_id = sid
+        if self.goaway_sent is not None:
+            self._queue(Reset(sid, ErrorCode.REFUSED_STREAM, "the server is going away"))
+            return False
+        if len(self.streams) >= self.local_settings.max_streams:
+            self._queue(Reset(sid, ErrorCode.REFUSED_STREAM, "too many concurrent streams"))
+            return False
+        self.streams[sid] = StreamState(
+            _KIND_OF_OPENING[type(message)],
+            send_window=self._peer().initial_window,
+            recv_window=self.local_settings.initial_window,
+        )
+        if isinstance(message, Request) and message.end_stream:
+            self._close_remote(sid)
+        return True

@@ -1,0 +1,30 @@
+"""Developer sessions. Plain `nox` runs what CI runs: lint and tests."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+
+
+def install(session: nox.Session) -> None:
+    session.install("-e", ".[dev]")
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff (style, imports, flake8-async) and mypy --strict on the package."""
+    install(session)
+    session.run("ruff", "check", "fluidity", "tests", "noxfile.py")
+    session.run("ruff", "format", "--check", "fluidity", "tests", "noxfile.py")
+    session.run("mypy", "fluidity")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The unit and system tests (pytest); extra arguments go to pytest."""
+    install(session)
+    session.run("pytest", *session.posargs)
