@@ -63,7 +63,7 @@ class FrameDecoder:
         """Bytes received but not yet decoded into messages."""
         return len(self._buffer) - self._offset
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         if self._offset and self._offset == len(self._buffer):
             self._buffer.clear()
             self._offset = 0

@@ -244,14 +244,15 @@ class Connection:
             return
         if stream.local_closed:
             raise LocalProtocolError(f"stream {sid} is closed for sending")
-        if self.role is Role.SERVER and not stream.replied:
-            raise LocalProtocolError("the server must reply before sending on a stream")
+        if not stream.replied and (
+            self.role is Role.SERVER or stream.kind is not StreamKind.REQUEST
+        ):
+            # Mirrors the receiver's rule: only a request body may precede the reply.
+            raise LocalProtocolError(f"{type(message).__name__} before the reply")
         if isinstance(message, Data | WebSocketMessage):
             is_ws = isinstance(message, WebSocketMessage)
             if is_ws != (stream.kind is StreamKind.WEBSOCKET):
                 raise LocalProtocolError(_misplaced(message, stream))
-            if self.role is Role.AGENT and stream.kind is StreamKind.CONNECT and not stream.replied:
-                raise LocalProtocolError("tunnel data before ConnectAck")
             size = flow_size(message)
             if len(message.data) > self.max_send_data:
                 raise LocalProtocolError("payload exceeds the peer's max_data_size")
@@ -297,7 +298,7 @@ class Connection:
 
     # -- input ----------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes received from the peer."""
         if self.state is LinkState.CLOSED:
             raise LocalProtocolError("the link is closed")
@@ -385,11 +386,7 @@ class Connection:
             return self._process_opening(message)
         stream = self.streams.get(sid)
         if stream is None:
-            if (
-                sid == 0
-                or sid > self.highest_stream_id
-                or (self.role is Role.SERVER and sid % 2 == 0)
-            ):
+            if sid % 2 == 0 or sid > self.highest_stream_id:
                 raise LinkProtocolError(f"{type(message).__name__} on stream {sid}, never opened")
             return False  # a stream that already ended: a frame in flight, drop it
         if isinstance(message, Reset):

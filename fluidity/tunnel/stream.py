@@ -1,0 +1,260 @@
+"""One multiplexed stream: the object the agent and server handlers use.
+
+Sending waits for flow-control credit and for room in the stream's share of the link's send
+queue, so a writer can never queue more than `stream_send_buffer` bytes. Receiving hands out the
+payloads the link's reader delivered and returns their credit to the peer as they are consumed,
+so a reader that stops reading stalls only its own stream.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+import trio
+
+from fluidity.protocol import (
+    ConnectAck,
+    Data,
+    ErrorCode,
+    Message,
+    Reset,
+    Response,
+    StreamKind,
+    StreamMessage,
+    WebSocketAck,
+    WebSocketClose,
+    WebSocketMessage,
+    flow_size,
+)
+
+from .errors import LinkClosed, StreamReset
+
+if TYPE_CHECKING:
+    from .link import Link
+
+Reply = Response | ConnectAck | WebSocketAck
+Inbound = Data | WebSocketMessage | WebSocketClose
+
+
+class TunnelStream:
+    """A stream of a Link. Byte streams use send_all/receive_some; WebSockets send/receive_ws."""
+
+    def __init__(self, link: Link, head: StreamMessage, kind: StreamKind) -> None:
+        self._link = link
+        self.stream_id = head.stream_id
+        self.head = head
+        self.kind = kind
+        self.reply: Reply | None = None
+        self._inbox: deque[Inbound] = deque()
+        self._partial: memoryview | None = None
+        #: Bytes queued in the link's writer for this stream and not yet written.
+        self.queued = 0
+        #: Payload bytes received and not yet handed to the application.
+        self.buffered = 0
+        self._remote_ended = False
+        self._local_ended = False
+        self._error: Exception | None = None
+        self._receive_lot = trio.lowlevel.ParkingLot()
+        self._send_lot = trio.lowlevel.ParkingLot()
+
+    def __repr__(self) -> str:
+        return f"<TunnelStream {self.stream_id} {self.kind.value}>"
+
+    # -- events from the link (never block) ---------------------------------------------
+
+    def _deliver(self, message: Message) -> None:
+        if isinstance(message, Response | ConnectAck | WebSocketAck):
+            self.reply = message
+            if isinstance(message, Response):
+                self._remote_ended = message.end_stream
+            elif not message.success:
+                self._remote_ended = self._local_ended = True
+        elif isinstance(message, Data | WebSocketMessage):
+            self.buffered += flow_size(message)
+            self._inbox.append(message)
+            if isinstance(message, Data) and message.end_stream:
+                self._remote_ended = True
+        elif isinstance(message, WebSocketClose):
+            self._inbox.append(message)
+            self._remote_ended = True
+        self._receive_lot.unpark_all()
+
+    def _fail(self, error: Exception) -> None:
+        if self._error is None:
+            self._error = error
+        self._receive_lot.unpark_all()
+        self._send_lot.unpark_all()
+
+    def _wake_senders(self) -> None:
+        self._send_lot.unpark_all()
+
+    @property
+    def error(self) -> Exception | None:
+        return self._error
+
+    # -- replies --------------------------------------------------------------------------
+
+    async def wait_reply(self) -> Reply:
+        """Agent side: wait for the server's Response / ConnectAck / WebSocketAck."""
+        while self.reply is None:
+            if self._error is not None:
+                raise self._error
+            await self._receive_lot.park()
+        return self.reply
+
+    async def send_reply(self, reply: Reply) -> None:
+        """Server side: answer the stream's opening message."""
+        self._check_usable()
+        self._link._enqueue(self, reply, 0)
+        self.reply = reply
+        if isinstance(reply, Response) and reply.end_stream:
+            self._local_ended = True
+        elif isinstance(reply, ConnectAck | WebSocketAck) and not reply.success:
+            self._local_ended = self._remote_ended = True
+        await trio.lowlevel.checkpoint()
+
+    # -- sending --------------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._local_ended:
+            raise trio.ClosedResourceError("this side of the stream is already closed")
+
+    async def _wait_credit(self, want: int) -> int:
+        """Wait until some credit and queue room exist; return how many bytes may go now."""
+        link = self._link
+        while True:
+            self._check_usable()
+            credit = link.conn.send_window(self.stream_id)
+            room = link.config.stream_send_buffer - self.queued
+            if credit > 0 and room > 0:
+                return min(want, credit, room, link.conn.max_send_data)
+            await self._send_lot.park()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send bytes on a Request or Connect stream, waiting for credit as needed."""
+        await self._send_payload(data, end_stream=False)
+
+    async def send_eof(self) -> None:
+        """Half-close: the peer's receive_some returns b"" after what was sent."""
+        await self._send_payload(b"", end_stream=True)
+
+    async def _send_payload(self, data: bytes | bytearray | memoryview, end_stream: bool) -> None:
+        view = memoryview(data)
+        self._check_usable()
+        if not view and not end_stream:
+            await trio.lowlevel.checkpoint()
+            return
+        whole = isinstance(data, bytes)
+        while True:
+            n = await self._wait_credit(len(view)) if view else 0
+            # When it all fits in one frame, send the caller's bytes object: no copy.
+            chunk = data if whole and n == len(data) else bytes(view[:n])
+            whole = False
+            view = view[n:]
+            last = end_stream and not view
+            self._link._enqueue(self, Data(self.stream_id, last, chunk), len(chunk))
+            if last:
+                self._local_ended = True
+            if not view:
+                break
+        await trio.lowlevel.checkpoint()
+
+    async def send_ws(self, data: bytes, *, binary: bool, fin: bool = True) -> None:
+        """Send one WebSocket message (fragmented to fit frames and credit)."""
+        view = memoryview(data)
+        while True:
+            n = await self._wait_credit(max(1, len(view)))
+            n = min(n, len(view))
+            last = fin and n == len(view)
+            message = WebSocketMessage(self.stream_id, binary, last, bytes(view[:n]))
+            self._link._enqueue(self, message, max(1, n))
+            view = view[n:]
+            if not view:
+                break
+        await trio.lowlevel.checkpoint()
+
+    async def send_ws_close(self, code: int = 1000, reason: str = "") -> None:
+        self._check_usable()
+        self._link._enqueue(self, WebSocketClose(self.stream_id, code, reason), 0)
+        self._local_ended = True
+        await trio.lowlevel.checkpoint()
+
+    # -- receiving ------------------------------------------------------------------------
+
+    async def _next_inbound(self) -> Inbound | None:
+        while not self._inbox:
+            if self._error is not None:
+                raise self._error
+            if self._remote_ended:
+                await trio.lowlevel.checkpoint()
+                return None
+            await self._receive_lot.park()
+        message = self._inbox.popleft()
+        await trio.lowlevel.checkpoint()
+        return message
+
+    def _consumed(self, size: int) -> None:
+        self.buffered -= size
+        self._link._acknowledge(self.stream_id, size)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Next bytes of a Request/Connect stream; b"" once the peer has ended its side."""
+        if self._partial is not None:
+            piece = self._partial[:max_bytes] if max_bytes else self._partial
+            rest = self._partial[len(piece) :]
+            self._partial = rest if rest else None
+            self._consumed(len(piece))
+            await trio.lowlevel.checkpoint()
+            return bytes(piece)
+        message = await self._next_inbound()
+        if message is None:
+            return b""
+        assert isinstance(message, Data)
+        data = message.data
+        if max_bytes is not None and len(data) > max_bytes:
+            self._partial = memoryview(data)[max_bytes:]
+            data = data[:max_bytes]
+        self._consumed(len(data))
+        if not data:  # the bare end-of-stream frame
+            return b""
+        return data
+
+    async def receive_ws(self) -> WebSocketMessage | WebSocketClose | None:
+        """Next WebSocket fragment or close; None if the stream ended without a close."""
+        message = await self._next_inbound()
+        if isinstance(message, WebSocketMessage):
+            self._consumed(flow_size(message))
+        assert not isinstance(message, Data), "Data frame on a WebSocket stream"
+        return message
+
+    # -- ending ---------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self._error is not None or (self._local_ended and self._remote_ended)
+
+    def reset(self, code: int = ErrorCode.CANCEL, message: str = "") -> None:
+        """End the stream at once both ways; queued unsent data is dropped."""
+        if self.finished:
+            return
+        self._fail(StreamReset(code, message, by_peer=False))
+        self._link._reset(self, Reset(self.stream_id, code, message))
+
+    async def aclose(self) -> None:
+        """Release the stream: reset it unless both sides already ended."""
+        if not (self._local_ended and self._remote_ended):
+            self.reset(ErrorCode.CANCEL, "closed before the end of the stream")
+        await trio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> TunnelStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        with trio.CancelScope(shield=True):
+            await self.aclose()
+
+
+__all__ = ["Inbound", "LinkClosed", "Reply", "StreamReset", "TunnelStream"]
