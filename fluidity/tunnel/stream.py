@@ -147,12 +147,12 @@ class TunnelStream:
         if not view and not end_stream:
             await trio.lowlevel.checkpoint()
             return
-        whole = isinstance(data, bytes)
+        whole = data if isinstance(data, bytes) else None
         while True:
             n = await self._wait_credit(len(view)) if view else 0
             # When it all fits in one frame, send the caller's bytes object: no copy.
-            chunk = data if whole and n == len(data) else bytes(view[:n])
-            whole = False
+            chunk = whole if whole is not None and n == len(whole) else bytes(view[:n])
+            whole = None
             view = view[n:]
             last = end_stream and not view
             self._link._enqueue(self, Data(self.stream_id, last, chunk), len(chunk))
