@@ -1,0 +1,1 @@
+"""The agent: a local HTTP proxy that carries every connection over one link to the server."""
