@@ -28,3 +28,10 @@ def tests(session: nox.Session) -> None:
     """The unit and system tests (pytest); extra arguments go to pytest."""
     install(session)
     session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def local(session: nox.Session) -> None:
+    """Run a server and an agent on this machine; the proxy listens on 127.0.0.1:8080."""
+    install(session)
+    session.run("fluidity", "local", "up", *session.posargs)

@@ -102,6 +102,8 @@ class Link:
         self.streams: dict[int, TunnelStream] = {}
         self._queue: deque[tuple[TunnelStream | None, list[bytes], int]] = deque()
         self._urgent: list[bytes] = []
+        #: Agent streams whose opening frame is still in `_queue` (the peer has not seen them).
+        self._unsent_heads: set[int] = set()
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._slots_lot = trio.lowlevel.ParkingLot()
         self._handshake_done = trio.Event()
@@ -151,10 +153,14 @@ class Link:
                 if self.draining:
                     raise LinkClosed("the link is draining (GoAway); open a new link")
                 await self._slots_lot.park()
+            self._check_open()
             head = attrs.evolve(head, stream_id=self.conn.next_stream_id())
             stream = TunnelStream(self, head, _KINDS[type(head)])
+            if isinstance(head, Request) and head.end_stream:
+                stream._local_ended = True
             self.streams[head.stream_id] = stream
             self._enqueue(stream, head, 0)
+            self._unsent_heads.add(head.stream_id)
             await trio.lowlevel.checkpoint()
             return stream
         raise LinkClosed(f"no free stream slot within {self.config.open_timeout} s")
@@ -198,11 +204,25 @@ class Link:
     def _reset(self, stream: TunnelStream, reset: Reset) -> None:
         if self._closing.is_set():
             return
-        if self._queue and stream.queued:
-            self._queue = deque(entry for entry in self._queue if entry[0] is not stream)
-            stream.queued = 0
-        self._send_control(reset)
+        if stream.stream_id in self._unsent_heads:
+            # The peer never saw the stream: drop all of it and tell it nothing (a Reset
+            # overtaking the opening frame would be a protocol error on the peer's side).
+            self._unsent_heads.discard(stream.stream_id)
+            self._drop_queued(stream)
+            self.conn.send(reset)
+        elif stream._local_ended:
+            # Our side is complete: the peer gets all of it, then the Reset, in order.
+            self._queue.append((stream, self.conn.send(reset), 0))
+            self._writer_lot.unpark_all()
+        else:
+            self._drop_queued(stream)
+            self._send_control(reset)
         self._after_send(stream)
+
+    def _drop_queued(self, stream: TunnelStream) -> None:
+        if self._queue:
+            self._queue = deque(entry for entry in self._queue if entry[0] is not stream)
+        stream.queued = 0
 
     def _acknowledge(self, stream_id: int, size: int) -> None:
         if not self._closing.is_set():
@@ -226,6 +246,7 @@ class Link:
     # -- tasks ----------------------------------------------------------------------------
 
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        started = False
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -238,11 +259,11 @@ class Link:
                     await self._handshake_done.wait()
                 if not self._handshake_done.is_set():
                     self._fail(LinkClosed("handshake timed out"), goaway=False)
-                if self.error is not None:
-                    raise self.error
-                nursery.start_soon(self._keepalive)
-                task_status.started()
-                await self._closing.wait()
+                if self.error is None:
+                    nursery.start_soon(self._keepalive)
+                    task_status.started()
+                    started = True
+                    await self._closing.wait()
                 with trio.move_on_after(1.0):
                     await self._flushed.wait()
                 nursery.cancel_scope.cancel()
@@ -250,6 +271,9 @@ class Link:
             self._closing.set()
             with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                 await self.transport.aclose()
+        if not started:
+            # Raised outside the nursery so the opener sees a plain LinkClosed, not a group.
+            raise self.error or LinkClosed("link closed during the handshake")
 
     async def _reader(self) -> None:
         conn = self.conn
@@ -299,6 +323,8 @@ class Link:
         sid = message.stream_id
         if isinstance(message, Request | Connect | WebSocketOpen):
             opened = TunnelStream(self, message, _KINDS[type(message)])
+            if isinstance(message, Request) and message.end_stream:
+                opened._remote_ended = True
             self.streams[sid] = opened
             assert self._nursery is not None
             self._nursery.start_soon(self._run_handler, opened, name=f"stream-{sid}")
@@ -310,6 +336,7 @@ class Link:
             stream._wake_senders()
         elif isinstance(message, Reset):
             stream._fail(StreamReset(message.code, message.message))
+            self._drop_queued(stream)
             self._forget(stream)
             return
         else:
@@ -366,9 +393,11 @@ class Link:
                 entry, buffers, n = queue.popleft()
                 batch.extend(buffers)
                 size += n
-                if entry is not None and n:
-                    entry.queued -= n
-                    entry._wake_senders()
+                if entry is not None:
+                    self._unsent_heads.discard(entry.stream_id)
+                    if n:
+                        entry.queued -= n
+                        entry._wake_senders()
             payload = b"".join(batch)
             try:
                 await self.transport.send_all(payload)
@@ -408,7 +437,10 @@ class Link:
             )
         if not goaway and self.conn.state is not LinkState.CLOSED:
             self._flushed.set()
-        self._queue.clear()
+        # Frames of streams that already ended still go out (the tail of a response that
+        # finished just before a drain or close); those of the streams failed here do not.
+        failing = set(self.streams)
+        self._queue = deque(e for e in self._queue if e[0] is None or e[0].stream_id not in failing)
         for stream in list(self.streams.values()):
             stream._fail(error)
         self.streams.clear()
@@ -433,12 +465,19 @@ async def open_link(
     if (handler is None) == (role is Role.SERVER):
         raise ValueError("a server link needs a handler; an agent link takes none")
     link = Link(transport, role, config or LinkConfig(), handler)
+    failed: LinkClosed | None = None
     async with trio.open_nursery() as nursery:
-        await nursery.start(link._run)
         try:
-            yield link
-        finally:
-            link.close()
+            await nursery.start(link._run)
+        except LinkClosed as exc:
+            failed = exc  # raised below, outside the nursery, so not wrapped in a group
+        else:
+            try:
+                yield link
+            finally:
+                link.close()
+    if failed is not None:
+        raise failed
 
 
 async def serve_link(

@@ -186,11 +186,11 @@ class TunnelStream:
 
     async def _next_inbound(self) -> Inbound | None:
         while not self._inbox:
-            if self._error is not None:
-                raise self._error
-            if self._remote_ended:
+            if self._remote_ended:  # the peer's side is complete, whatever happened since
                 await trio.lowlevel.checkpoint()
                 return None
+            if self._error is not None:
+                raise self._error
             await self._receive_lot.park()
         message = self._inbox.popleft()
         await trio.lowlevel.checkpoint()
@@ -237,7 +237,11 @@ class TunnelStream:
         return self._error is not None or (self._local_ended and self._remote_ended)
 
     def reset(self, code: int = ErrorCode.CANCEL, message: str = "") -> None:
-        """End the stream at once both ways; queued unsent data is dropped."""
+        """End the stream at once both ways; queued unsent data is dropped.
+
+        If this side already ended (send_eof, or a reply with end_stream), what it sent still
+        reaches the peer, followed by the Reset: the peer is only told to stop sending.
+        """
         if self.finished:
             return
         self._fail(StreamReset(code, message, by_peer=False))

@@ -1,38 +1,43 @@
-"""Fixtures that build a linked agent/server pair over in-memory streams."""
+"""Fixtures for the multiplexer tests; the helpers themselves live in `helpers.py`."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import ssl
 
-import trio
+import pytest
 import trio.testing
+import trustme
 
-from fluidity.protocol import Role
-from fluidity.tunnel import Link, LinkConfig, TunnelStream, open_link
+from .helpers import linked_pair
 
-Handler = Callable[[TunnelStream], Awaitable[None]]
+__all__ = ["linked_pair"]
 
 
-@asynccontextmanager
-async def linked_pair(
-    handler: Handler,
-    agent_config: LinkConfig | None = None,
-    server_config: LinkConfig | None = None,
-    transports: tuple[trio.abc.Stream, trio.abc.Stream] | None = None,
-) -> AsyncIterator[tuple[Link, Link]]:
-    """An agent link and a server link (running `handler` per stream) joined in memory."""
-    a, b = transports or trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        server_links: list[Link] = []
+@pytest.fixture(scope="session")
+def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(agent, server) TLS 1.3 contexts for mutual auth, both issued by one trustme CA."""
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("server.fluidity.test")
+    agent_cert = ca.issue_cert("agent.fluidity.test")
 
-        async def serve(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            task_status.started()
-            async with open_link(b, Role.SERVER, server_config, handler) as server:
-                server_links.append(server)
-                await server.wait_closed()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.minimum_version = ssl.TLSVersion.TLSv1_3
+    server.verify_mode = ssl.CERT_REQUIRED
+    server_cert.configure_cert(server)
+    ca.configure_trust(server)
 
-        await nursery.start(serve)
-        async with open_link(a, Role.AGENT, agent_config) as agent:
-            yield agent, server_links[0]
-        nursery.cancel_scope.cancel()
+    agent = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    agent.minimum_version = ssl.TLSVersion.TLSv1_3
+    agent_cert.configure_cert(agent)
+    ca.configure_trust(agent)
+    return agent, server
+
+
+@pytest.fixture(autouse=True)
+def _virtual_time(autojump_clock: trio.testing.MockClock) -> trio.testing.MockClock:
+    """Every test here runs on trio's autojump clock.
+
+    Timeouts (keepalive, drain grace, open_timeout) pass instantly, and a test that deadlocks
+    fails at once at its `fail_after` instead of after real seconds.
+    """
+    return autojump_clock

@@ -1,0 +1,5 @@
+"""``python -m fluidity.agent``."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,117 @@
+"""Runs the agent: the tunnel client and the local proxy under one nursery, until a signal."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from typing import Any
+
+import trio
+
+from fluidity.config import AgentConfig
+from fluidity.protocol import Settings
+from fluidity.readyfile import write_ready_file
+from fluidity.tls import client_ssl_context
+from fluidity.tunnel import LinkConfig
+
+from .proxy import Proxy, ProxySettings
+from .tunnel_client import Backoff, TunnelClient
+
+log = logging.getLogger("fluidity.agent")
+
+
+def health(tunnel: TunnelClient, proxy: Proxy) -> tuple[int, dict[str, Any]]:
+    link = tunnel.link
+    body: dict[str, Any] = {
+        "status": "ok" if tunnel.state == "up" else "degraded",
+        "tunnel": tunnel.state,
+        "server": f"{tunnel.host}:{tunnel.port}",
+        "connects": tunnel.connects,
+        "last_error": tunnel.last_error,
+        "active_requests": proxy.active_requests,
+    }
+    if link is not None and link.is_open:
+        stats = link.statistics()
+        body["open_streams"] = stats.open_streams
+        body["rtt_ms"] = round(link.rtt * 1000, 2) if link.rtt is not None else None
+        if tunnel.connected_since is not None:
+            body["up_seconds"] = round(time.time() - tunnel.connected_since)
+    return (200 if tunnel.state == "up" else 503), body
+
+
+async def serve(
+    config: AgentConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run until SIGINT/SIGTERM, then shut down gracefully."""
+    assert config.client_cert is not None, "load_config checks the certificates"
+    assert config.client_key is not None
+    assert config.ca_cert is not None
+    context = client_ssl_context(config.client_cert, config.client_key, config.ca_cert)
+    tunnel = TunnelClient(
+        config.server_host,
+        config.server_port,
+        ssl_context=context,
+        server_name=config.server_name,
+        link_config=LinkConfig(
+            settings=Settings(peer_name="fluidity-agent"),
+            keepalive_interval=config.keepalive_interval,
+            keepalive_timeout=config.keepalive_timeout,
+        ),
+        connect_timeout=config.connect_timeout,
+        backoff=Backoff(config.reconnect_min_delay, config.reconnect_max_delay),
+    )
+    proxy = Proxy(
+        tunnel,
+        ProxySettings(
+            proxy_auth=config.proxy_auth, request_wait_timeout=config.request_wait_timeout
+        ),
+        health=lambda: health(tunnel, proxy),
+    )
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(tunnel.run)
+            listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
+            port = listeners[0].socket.getsockname()[1]
+            async with trio.open_nursery() as handlers:
+                accept_scope = trio.CancelScope()
+
+                async def accept() -> None:
+                    with accept_scope:
+                        await trio.serve_listeners(
+                            proxy.handle, listeners, handler_nursery=handlers
+                        )
+
+                nursery.start_soon(accept)
+                where = f"{config.listen_host}:{port}"
+                log.info("proxy listening on http://%s (tunnel to %s:%d)", where,
+                         config.server_host, config.server_port)  # fmt: skip
+                write_ready_file(config.ready_file, {"listen_port": port})
+                task_status.started()
+                async for signum in signals:
+                    log.info("%s received: shutting down", signal.Signals(signum).name)
+                    break
+                accept_scope.cancel()
+                for listener in listeners:
+                    await listener.aclose()
+                proxy.begin_shutdown()
+                with trio.move_on_after(config.shutdown_grace) as grace:
+                    await proxy.wait_requests_done()
+                if grace.cancelled_caught:
+                    log.warning("%d requests still open after %.0f s; closing them",
+                                proxy.active_requests, config.shutdown_grace)  # fmt: skip
+                handlers.cancel_scope.cancel()
+            with trio.move_on_after(2.0):
+                await tunnel.drain()
+            nursery.cancel_scope.cancel()
+    log.info("agent stopped")
+
+
+def run(config: AgentConfig) -> int:
+    """Blocking entry point for the CLI; returns the process exit code."""
+    try:
+        trio.run(serve, config)
+    except OSError as exc:
+        log.error("agent failed to start: %s", exc)
+        return 1
+    return 0

@@ -1,0 +1,165 @@
+"""The ``fluidity`` command: tools around the agent and server (certificates for now)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from fluidity import __version__, certs
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, prog_name="fluidity")
+def main() -> None:
+    """Fluidity: a personal HTTP tunnel. Run the agent with `fluidity-agent`, the server with
+    `fluidity-server`; this command holds the tools around them."""
+
+
+@main.group("certs")
+def certs_group() -> None:
+    """Make the private CA and the certificates of the agent-server link."""
+
+
+def _dir_option(help: str) -> Callable[[F], F]:
+    return click.option(
+        "--dir",
+        "directory",
+        required=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help=help,
+    )
+
+
+def _days_option(help: str) -> Callable[[F], F]:
+    return click.option(
+        "--days",
+        type=click.IntRange(1, 36500),
+        default=certs.DEFAULT_DAYS,
+        show_default=True,
+        help=help,
+    )
+
+
+_FORCE = click.option("--force", is_flag=True, help="Overwrite existing files.")
+
+
+@certs_group.command("init")
+@_dir_option("Directory for the certificate files (created with mode 0700 if missing).")
+@click.option(
+    "--server-name",
+    default=certs.DEFAULT_SERVER_NAME,
+    show_default=True,
+    help="Name in the server certificate; the agent's server_name setting must match it.",
+)
+@click.option(
+    "--san",
+    "sans",
+    multiple=True,
+    metavar="NAME|IP",
+    help="Extra DNS name or IP address for the server certificate (repeatable).",
+)
+@click.option(
+    "--client-name",
+    default=certs.DEFAULT_CLIENT_NAME,
+    show_default=True,
+    help="Common name of the first client certificate.",
+)
+@_days_option("Validity of the server and client certificates, in days.")
+@_FORCE
+def certs_init(
+    directory: Path,
+    server_name: str,
+    sans: Sequence[str],
+    client_name: str,
+    days: int,
+    force: bool,
+) -> None:
+    """Create a CA, a server certificate and a client certificate in --dir.
+
+    The server certificate names --server-name instead of an address, because the server's IP
+    address changes every time it starts; the agent checks that name.
+    """
+    try:
+        files = certs.init_dir(
+            directory,
+            server_name=server_name,
+            sans=sans,
+            client_name=client_name,
+            days=days,
+            force=force,
+        )
+    except certs.CertsError as exc:
+        raise click.ClickException(str(exc)) from None
+    d = directory
+    _report(files)
+    click.echo(
+        "\nNext steps:\n"
+        f"  - keep {d / certs.CA_KEY} private and offline; it is only needed by "
+        "`fluidity certs client`.\n"
+        f"  - agent: ca_cert={d / certs.CA_CERT} client_cert={d / certs.CLIENT_CERT} "
+        f"client_key={d / certs.CLIENT_KEY} server_name={server_name}\n"
+        f"  - server: ca_cert={d / certs.CA_CERT} server_cert={d / certs.SERVER_CERT} "
+        f"server_key={d / certs.SERVER_KEY}\n"
+        "    (paths, or the PEM text itself, e.g. "
+        f'FLUIDITY_SERVER_KEY="$(cat {d / certs.SERVER_KEY})")\n'
+        "  - see configs/agent.yaml and configs/server.yaml, and docs/certificates.md."
+    )
+
+
+@certs_group.command("client")
+@click.argument("name")
+@_dir_option("Directory holding the CA (ca.pem, ca-key.pem); the new files go there too.")
+@_days_option("Validity of the certificate, in days (never beyond the CA's).")
+@_FORCE
+def certs_client(name: str, directory: Path, days: int, force: bool) -> None:
+    """Issue another client certificate NAME, signed by the CA in --dir.
+
+    Writes client-NAME.pem and client-NAME-key.pem next to the CA.
+    """
+    try:
+        files = certs.add_client(directory, name, days=days, force=force)
+    except certs.CertsError as exc:
+        raise click.ClickException(str(exc)) from None
+    _report(files)
+    click.echo(
+        f"\nNext step: give that agent client_cert={files[0]} client_key={files[1]} "
+        f"and ca_cert={directory / certs.CA_CERT}."
+    )
+
+
+def _report(files: Sequence[Path]) -> None:
+    click.echo("Wrote:")
+    for path in files:
+        mode = path.stat().st_mode & 0o777
+        click.echo(f"  {path}  (mode {mode:04o})")
+
+
+@main.group("local")
+def local_group() -> None:
+    """Run Fluidity on this machine."""
+
+
+@local_group.command("up")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+    help="Port of the local proxy on 127.0.0.1.",
+)  # fmt: skip
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".fluidity"),
+    show_default=True,
+    help="Where certificates and ready files are kept.",
+)
+def local_up(port: int, state_dir: Path) -> None:
+    """Start a server and an agent on loopback; Ctrl-C stops both."""
+    from fluidity import local
+
+    raise SystemExit(local.run(state_dir, port))

@@ -1,0 +1,5 @@
+"""``python -m fluidity.server``."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,90 @@
+"""The server's handler for tunnel streams: one call per stream the agent opens.
+
+`open_stream_handler()` builds it with the one upstream HTTP client every request shares and
+closes that client when the server stops; the link runs `handler(stream)` for each new stream.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import attrs
+import httpx2
+
+from fluidity.protocol import StreamKind
+from fluidity.tunnel import TunnelStream
+
+from .activity import ActivityTracker
+from .egress import EgressPolicy
+from .upstream_connect import serve_connect
+from .upstream_http import make_client, serve_request
+from .upstream_ws import DEFAULT_MAX_MESSAGE, serve_websocket
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_READ_TIMEOUT = 60.0
+
+
+@attrs.define
+class StreamHandler:
+    """Serves each stream by kind: HTTP request, CONNECT tunnel, or WebSocket."""
+
+    policy: EgressPolicy
+    client: httpx2.AsyncClient
+    activity: ActivityTracker
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    #: TLS for wss:// origins (https:// ones use the client's).
+    ssl_context: ssl.SSLContext = attrs.field(factory=ssl.create_default_context)
+    max_ws_message: int = DEFAULT_MAX_MESSAGE
+
+    async def __call__(self, stream: TunnelStream) -> None:
+        with self.activity.track():
+            if stream.kind is StreamKind.REQUEST:
+                await serve_request(stream, self.client, self.activity)
+            elif stream.kind is StreamKind.CONNECT:
+                await serve_connect(
+                    stream,
+                    policy=self.policy,
+                    connect_timeout=self.connect_timeout,
+                    activity=self.activity,
+                )
+            else:
+                await serve_websocket(
+                    stream,
+                    policy=self.policy,
+                    connect_timeout=self.connect_timeout,
+                    ssl_context=self.ssl_context,
+                    activity=self.activity,
+                    max_message_size=self.max_ws_message,
+                )
+
+
+@asynccontextmanager
+async def open_stream_handler(
+    policy: EgressPolicy | None = None,
+    *,
+    activity: ActivityTracker | None = None,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    verify: ssl.SSLContext | None = None,
+    max_ws_message: int = DEFAULT_MAX_MESSAGE,
+) -> AsyncIterator[StreamHandler]:
+    """A handler with its shared upstream client, closed when the block ends.
+
+    `verify` is the TLS context for https and wss origins (default: the system CA store).
+    """
+    policy = policy if policy is not None else EgressPolicy()
+    context = verify if verify is not None else ssl.create_default_context()
+    client = make_client(policy, connect_timeout, read_timeout, verify=context)
+    async with client:
+        yield StreamHandler(
+            policy,
+            client,
+            activity if activity is not None else ActivityTracker(),
+            connect_timeout,
+            read_timeout,
+            context,
+            max_ws_message,
+        )

@@ -1,0 +1,81 @@
+"""Connect streams: a raw TCP tunnel to host:port (what HTTP CONNECT asks the agent for).
+
+Bytes are relayed both ways with half-close preserved: each direction ends on its own, and
+the stream finishes when both have. Every read waits for the other side to take the previous
+chunk (the tunnel's credit, the socket's send buffer), so nothing accumulates. Tunnels may idle
+as long as they like; if either side fails, both are closed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from fluidity.protocol import Connect, ConnectAck, ErrorCode
+from fluidity.tunnel import LinkClosed, StreamReset, TunnelStream
+
+from .activity import ActivityTracker
+from .egress import EgressPolicy, UpstreamError, open_tcp
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 64 * 1024
+_SOCKET_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+async def serve_connect(
+    stream: TunnelStream,
+    *,
+    policy: EgressPolicy,
+    connect_timeout: float,
+    activity: ActivityTracker,
+) -> None:
+    """Open the connection the stream asks for, answer ConnectAck, then relay until done."""
+    head = stream.head
+    assert isinstance(head, Connect)
+    label = f"stream {stream.stream_id} CONNECT {head.host}:{head.port}"
+    try:
+        sock = await open_tcp(head.host, head.port, policy=policy, connect_timeout=connect_timeout)
+    except UpstreamError as exc:
+        log.info("%s: %d %s", label, exc.status, exc.reason)
+        await stream.send_reply(ConnectAck(stream.stream_id, exc.status, exc.reason))
+        return
+    try:
+        await stream.send_reply(ConnectAck(stream.stream_id, 200))
+        await relay(stream, sock, activity)
+    finally:
+        await trio.aclose_forcefully(sock)
+    log.debug("%s: closed", label)
+
+
+async def relay(stream: TunnelStream, sock: trio.SocketStream, activity: ActivityTracker) -> None:
+    """Relay until both directions have ended, or until either side fails."""
+
+    async def tunnel_to_socket(cancel: trio.CancelScope) -> None:
+        try:
+            while data := await stream.receive_some(READ_SIZE):
+                activity.touch()
+                await sock.send_all(data)
+            await sock.send_eof()
+        except (StreamReset, LinkClosed):
+            cancel.cancel()
+        except _SOCKET_ERRORS:
+            stream.reset(ErrorCode.UPSTREAM_ERROR, "the upstream connection failed")
+            cancel.cancel()
+
+    async def socket_to_tunnel(cancel: trio.CancelScope) -> None:
+        try:
+            while data := await sock.receive_some(READ_SIZE):
+                activity.touch()
+                await stream.send_all(data)
+            await stream.send_eof()
+        except (StreamReset, LinkClosed):
+            cancel.cancel()
+        except _SOCKET_ERRORS:
+            stream.reset(ErrorCode.UPSTREAM_ERROR, "the upstream connection failed")
+            cancel.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tunnel_to_socket, nursery.cancel_scope)
+        nursery.start_soon(socket_to_tunnel, nursery.cancel_scope)

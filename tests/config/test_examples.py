@@ -1,0 +1,65 @@
+"""The example configs load as shipped, and they and the docs cover every setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from fluidity.cli import main as fluidity
+from fluidity.config import AgentConfig, ConfigError, ServerConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = [
+    (AgentConfig, ROOT / "configs" / "agent.yaml"),
+    (ServerConfig, ROOT / "configs" / "server.yaml"),
+]
+
+
+@pytest.fixture
+def in_project_with_certs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory holding certs/ as `fluidity certs init --dir certs` makes it."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(fluidity, ["certs", "init", "--dir", "certs"])
+    assert result.exit_code == 0, result.output
+    return tmp_path
+
+
+@pytest.mark.parametrize(("cls", "path"), EXAMPLES, ids=["agent", "server"])
+def test_example_loads(
+    in_project_with_certs: Path, cls: type[attrs.AttrsInstance], path: Path
+) -> None:
+    config = load_config(cls, path=str(path), env={}, flags={})
+    # the examples show the defaults, apart from the certificate paths
+    defaults = {f.name: f.default for f in attrs.fields(cls)}
+    for name, value in attrs.asdict(config, recurse=False).items():
+        if name.endswith(("_cert", "_key")):
+            assert str(value).startswith("certs/"), name
+        else:
+            assert value == defaults[name], name
+
+
+@pytest.mark.parametrize(("cls", "path"), EXAMPLES, ids=["agent", "server"])
+def test_example_has_every_key(cls: type[attrs.AttrsInstance], path: Path) -> None:
+    data = yaml.safe_load(path.read_text())
+    assert set(data) == {f.name for f in attrs.fields(cls)}
+
+
+def test_examples_without_certs_fail_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"file 'certs/ca\.pem' does not exist"):
+        load_config(AgentConfig, path=str(EXAMPLES[0][1]), env={}, flags={})
+
+
+@pytest.mark.parametrize("cls", [AgentConfig, ServerConfig])
+def test_configuration_doc_covers_every_setting(cls: type[attrs.AttrsInstance]) -> None:
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    for field in attrs.fields(cls):
+        assert f"`{field.name}`" in doc, field.name
+        assert f"`FLUIDITY_{field.name.upper()}`" in doc, field.name
+        assert "`--" + field.name.replace("_", "-") + "`" in doc, field.name

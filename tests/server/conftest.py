@@ -1,0 +1,75 @@
+"""Fixtures: local origins, a test CA, and a resolver that never sends a DNS query."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from fluidity.server.resolver import StaticResolver, install
+from tests.server.harness import TEST_HOSTS
+from tests.support.origins import (
+    HTTPOrigin,
+    TCPOrigin,
+    TestTLS,
+    WebSocketOrigin,
+    http_origin,
+    make_tls,
+    tcp_echo_origin,
+    websocket_origin,
+)
+
+
+@pytest.fixture(autouse=True)
+def no_dns_queries(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[Any, ...]]]:
+    """Fail the test if anything asks the system resolver about a name (not a literal)."""
+    lookups: list[tuple[Any, ...]] = []
+    real = socket.getaddrinfo
+
+    def spy(host: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0):  # type: ignore[no-untyped-def]
+        if not flags & socket.AI_NUMERICHOST:
+            lookups.append((host, port))
+        return real(host, port, family, type, proto, flags)
+
+    monkeypatch.setattr(socket, "getaddrinfo", spy)
+    yield lookups
+    assert not lookups, f"system resolver asked about {lookups}"
+
+
+@pytest.fixture
+async def static_resolver() -> StaticResolver:
+    """Installed for the test's trio run (`serving()` installs one too)."""
+    resolver = StaticResolver(TEST_HOSTS, fallback_to_system=False)
+    install(resolver)
+    return resolver
+
+
+@pytest.fixture(scope="session")
+def tls() -> TestTLS:
+    return make_tls("localhost", "127.0.0.1", "origin.test")
+
+
+@pytest.fixture
+async def origin() -> AsyncIterator[HTTPOrigin]:
+    async with http_origin() as running:
+        yield running
+
+
+@pytest.fixture
+async def tls_origin(tls: TestTLS) -> AsyncIterator[HTTPOrigin]:
+    async with http_origin(tls=tls.server) as running:
+        yield running
+
+
+@pytest.fixture
+async def echo_origin() -> AsyncIterator[TCPOrigin]:
+    async with tcp_echo_origin() as running:
+        yield running
+
+
+@pytest.fixture
+async def ws_origin() -> AsyncIterator[WebSocketOrigin]:
+    async with websocket_origin() as running:
+        yield running

@@ -1,0 +1,130 @@
+"""Connect streams: raw TCP relays, half-close, TLS end to end, refusals."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import trio
+import trio.testing
+
+from fluidity.protocol import ErrorCode
+from fluidity.server.egress import EgressPolicy
+from fluidity.tunnel import StreamReset
+from tests.server.harness import TunnelByteStream, open_connect, read_all, send_body, serving
+from tests.support.origins import ECHO_TRAILER, HTTPOrigin, TCPOrigin, TestTLS, pattern_chunks
+
+MB = 1024 * 1024
+
+
+async def test_relay_with_half_close_both_ways(echo_origin: TCPOrigin) -> None:
+    with trio.fail_after(10):
+        async with serving() as env:
+            stream, ack = await open_connect(env.agent, "127.0.0.1", echo_origin.port)
+            assert (ack.status, ack.error) == (200, "")
+            async with stream:
+                await stream.send_all(b"hello ")
+                await stream.send_all(b"world")
+                await stream.send_eof()  # -> the origin sees EOF, answers, then closes
+                echoed = await read_all(stream)
+            await trio.testing.wait_all_tasks_blocked()
+            assert env.activity.active == 0
+    assert echoed == b"hello world" + ECHO_TRAILER
+    assert echo_origin.endings == ["eof"]
+
+
+async def test_relay_moves_megabytes_both_ways_concurrently(echo_origin: TCPOrigin) -> None:
+    n = 8 * MB
+    with trio.fail_after(20):
+        async with serving() as env:
+            stream, _ = await open_connect(env.agent, "origin.test", echo_origin.port)
+            async with stream, trio.open_nursery() as nursery:
+                nursery.start_soon(send_body, stream, pattern_chunks(n, 40_000))
+                echoed = await read_all(stream)
+    assert len(echoed) == n + len(ECHO_TRAILER)
+    expected = hashlib.sha256(b"".join(pattern_chunks(n)) + ECHO_TRAILER).hexdigest()
+    assert hashlib.sha256(echoed).hexdigest() == expected
+
+
+async def test_tls_handshake_through_the_tunnel(tls_origin: HTTPOrigin, tls: TestTLS) -> None:
+    with trio.fail_after(10):
+        async with serving() as env:
+            stream, ack = await open_connect(env.agent, "127.0.0.1", tls_origin.port)
+            assert ack.success
+            client = trio.SSLStream(
+                TunnelByteStream(stream),
+                tls.client,
+                server_hostname="origin.test",
+                https_compatible=True,  # the origin closes without close_notify, like many
+            )
+            await client.do_handshake()
+            await client.send_all(
+                b"GET /echo HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n"
+            )
+            response = bytearray()
+            while data := await client.receive_some():
+                response += data
+            await client.aclose()
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b'"target": "/echo"' in response
+
+
+async def test_agent_reset_closes_the_origin_connection(echo_origin: TCPOrigin) -> None:
+    with trio.fail_after(10):
+        async with serving() as env:
+            stream, _ = await open_connect(env.agent, "127.0.0.1", echo_origin.port)
+            await stream.send_all(b"ping")
+            assert await stream.receive_some() == b"ping"
+            assert env.activity.active == 1
+            stream.reset(ErrorCode.CANCEL, "client went away")
+            while not echo_origin.endings:
+                await trio.testing.wait_all_tasks_blocked()
+            assert env.activity.active == 0
+    assert len(echo_origin.endings) == 1
+
+
+async def test_origin_failure_resets_the_stream(origin: HTTPOrigin) -> None:
+    """The /truncate route closes mid-response; after EOF nothing breaks, so use a reset."""
+    with trio.fail_after(10):
+        async with serving() as env:
+            stream, _ = await open_connect(env.agent, "127.0.0.1", origin.port)
+            async with stream:
+                await stream.send_all(b"GET /truncate?n=1000 HTTP/1.1\r\nHost: x\r\n\r\n")
+                data = await read_all(stream)  # the origin closed: EOF comes through
+                assert data.startswith(b"HTTP/1.1 200")
+                with pytest.raises(StreamReset) as caught:
+                    # Writing on: the origin socket is gone, so the stream is reset.
+                    for _ in range(100):
+                        await stream.send_all(b"x" * 65536)
+                        await trio.testing.wait_all_tasks_blocked()
+    assert caught.value.code == ErrorCode.UPSTREAM_ERROR
+
+
+async def test_refused_port_is_a_502_ack() -> None:
+    with trio.socket.socket() as sock:
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with trio.fail_after(10):
+        async with serving() as env:
+            _, ack = await open_connect(env.agent, "127.0.0.1", port)
+    assert (ack.status, ack.error) == (502, f"connection to 127.0.0.1:{port} refused")
+
+
+async def test_denied_destinations_are_403_acks(echo_origin: TCPOrigin) -> None:
+    with trio.fail_after(10):
+        async with serving(EgressPolicy()) as env:
+            _, loopback = await open_connect(env.agent, "127.0.0.1", echo_origin.port)
+            _, metadata = await open_connect(env.agent, "metadata.test", 80)
+            _, unspecified = await open_connect(env.agent, "0.0.0.0", echo_origin.port)
+    assert loopback.status == metadata.status == unspecified.status == 403
+    assert metadata.error == (
+        "destination metadata.test (169.254.169.254) is not allowed by the egress policy"
+    )
+    assert echo_origin.connections == 0
+
+
+async def test_unknown_host_is_a_502_ack() -> None:
+    with trio.fail_after(10):
+        async with serving() as env:
+            _, ack = await open_connect(env.agent, "nowhere.test", 443)
+    assert (ack.status, ack.error) == (502, "could not resolve host nowhere.test")

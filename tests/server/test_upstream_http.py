@@ -1,0 +1,321 @@
+"""Request streams through the real handler, over a real link, to a local h11 origin."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+
+import pytest
+import trio
+import trio.testing
+
+from fluidity.protocol import ErrorCode, Request, Response
+from fluidity.server.egress import EgressPolicy
+from fluidity.tunnel import StreamReset
+from tests.server.harness import exchange, read_all, serving
+from tests.support.origins import (
+    GZIP_BODY,
+    HTTPOrigin,
+    TestTLS,
+    pattern_chunks,
+    pattern_sha256,
+)
+
+MB = 1024 * 1024
+
+
+async def test_get_reaches_the_origin_with_exactly_the_agents_headers(origin: HTTPOrigin) -> None:
+    sent = [("Host", f"127.0.0.1:{origin.port}"), ("X-Custom", "One"), ("accept", "text/html")]
+    with trio.fail_after(10):
+        async with serving() as env:
+            result = await exchange(env.agent, "GET", origin.url("/echo?q=1"), sent)
+    assert result.status == 200
+    echo = result.json()
+    assert echo["method"] == "GET"
+    assert echo["target"] == "/echo?q=1"
+    # No User-Agent, Accept-Encoding, Connection... of httpx's own; casing and order kept.
+    assert echo["headers"] == [list(pair) for pair in sent]
+
+
+async def test_host_is_added_only_when_the_agent_sent_none(origin: HTTPOrigin) -> None:
+    with trio.fail_after(10):
+        async with serving() as env:
+            result = await exchange(env.agent, "GET", origin.url("/echo"), [("X-A", "1")])
+    assert result.json()["headers"] == [["Host", f"127.0.0.1:{origin.port}"], ["X-A", "1"]]
+
+
+async def test_the_request_target_is_passed_on_unnormalized(origin: HTTPOrigin) -> None:
+    with trio.fail_after(10):
+        async with serving() as env:
+            result = await exchange(env.agent, "GET", origin.url("/echo/a/../b/./c?x=%41&y=a+b"))
+    assert result.json()["target"] == "/echo/a/../b/./c?x=%41&y=a+b"
+
+
+async def test_post_with_content_length_keeps_it(origin: HTTPOrigin) -> None:
+    body = b"x" * 100_000
+    headers = [("Content-Length", str(len(body))), ("Content-Type", "application/octet-stream")]
+    with trio.fail_after(10):
+        async with serving() as env:
+            result = await exchange(
+                env.agent, "POST", origin.url("/upload"), headers, [body[:30_000], body[30_000:]]
+            )
+    assert result.status == 200
+    assert result.json() == {
+        "received": len(body),
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "framing": "content-length",
+    }
+
+
+async def test_upload_without_length_is_streamed_chunked(origin: HTTPOrigin) -> None:
+    n = 3 * MB
+    with trio.fail_after(15):
+        async with serving() as env:
+            result = await exchange(
+                env.agent, "PUT", origin.url("/upload"), [], pattern_chunks(n, 50_000)
+            )
+    assert result.json() == {"received": n, "sha256": pattern_sha256(n), "framing": "chunked"}
+
+
+async def test_a_bodyless_request_without_end_stream_gets_no_chunked_framing(
+    origin: HTTPOrigin,
+) -> None:
+    with trio.fail_after(10):
+        async with serving() as env:
+            result = await exchange(env.agent, "DELETE", origin.url("/upload"), [], [])
+    assert result.json() == {
+        "received": 0,
+        "sha256": hashlib.sha256().hexdigest(),
+        "framing": "none",
+    }
+
+
+async def test_head_204_and_304_have_no_body(origin: HTTPOrigin) -> None:
+    with trio.fail_after(10):
+        async with serving() as env:
+            head = await exchange(env.agent, "HEAD", origin.url("/stream?n=5000"))
+            no_content = await exchange(env.agent, "GET", origin.url("/status/204"))
+            not_modified = await exchange(env.agent, "GET", origin.url("/status/304"))
+    assert (head.status, head.header("content-length"), head.body) == (200, "5000", b"")
+    assert (no_content.status, no_content.body) == (204, b"")
+    assert (not_modified.status, not_modified.body) == (304, b"")
+
+
+async def test_reason_phrase_is_passed_through(origin: HTTPOrigin) -> None:
+    with trio.fail_after(10):
+        async with serving() as env:
+            result = await exchange(env.agent, "GET", origin.url("/status/418"))
+    assert (result.status, result.reason) == (418, b"I'm a Teapot")
+
+
+async def test_large_download_streams_with_bounded_buffers(origin: HTTPOrigin) -> None:
+    n = 20 * MB
+    digest = hashlib.sha256()
+    received = 0
+    peak_buffered = peak_queued = 0
+    with trio.fail_after(30):
+        async with serving() as env:
+            stream = await env.agent.open_stream(
+                Request(0, b"GET", origin.url(f"/stream?n={n}").encode(), end_stream=True)
+            )
+            async with stream:
+                reply = await stream.wait_reply()
+                assert isinstance(reply, Response)
+                while data := await stream.receive_some():
+                    digest.update(data)
+                    received += len(data)
+                    peak_buffered = max(peak_buffered, env.agent.statistics().buffered_bytes)
+                    peak_queued = max(peak_queued, env.server.statistics().queued_bytes)
+            settings = env.agent.config.settings
+            assert peak_buffered <= settings.initial_window
+            assert peak_queued <= env.server.config.stream_send_buffer
+    assert reply.status == 200
+    assert reply.headers[1] == (b"content-length", str(n).encode())
+    assert (received, digest.hexdigest()) == (n, pattern_sha256(n))
+
+
+async def test_a_reader_that_stops_stops_the_origin(origin: HTTPOrigin) -> None:
+    """Backpressure: nothing pulls the body faster than the agent takes it."""
+    n = 1024 * MB  # never sent in full
+    with trio.fail_after(20):
+        async with serving() as env:
+            stream = await env.agent.open_stream(
+                Request(0, b"GET", origin.url(f"/stream?n={n}").encode(), end_stream=True)
+            )
+            async with stream:
+                await stream.wait_reply()
+                await stream.receive_some()
+                while True:  # until the origin stalls on full socket buffers
+                    before = origin.streamed
+                    await trio.testing.wait_all_tasks_blocked(cushion=0.02)
+                    if origin.streamed == before:
+                        break
+                assert env.server.statistics().queued_bytes <= env.server.config.stream_send_buffer
+                assert (
+                    env.agent.statistics().buffered_bytes
+                    <= env.agent.config.settings.initial_window
+                )
+                stalled = origin.streamed
+            assert stalled < 100 * MB  # what the kernel's socket buffers can hold, at most
+
+
+async def test_gzip_bytes_pass_through_undecoded(origin: HTTPOrigin) -> None:
+    with trio.fail_after(10):
+        async with serving() as env:
+            result = await exchange(
+                env.agent, "GET", origin.url("/gzip"), [("Accept-Encoding", "gzip")]
+            )
+    assert result.header("content-encoding") == "gzip"
+    assert result.body == GZIP_BODY
+
+
+async def test_redirects_are_passed_back_not_followed(origin: HTTPOrigin) -> None:
+    with trio.fail_after(10):
+        async with serving() as env:
+            result = await exchange(env.agent, "GET", origin.url("/redirect"))
+    assert result.status == 302
+    assert result.header("location") == "/echo?from=redirect"
+    assert result.body == b"redirecting\n"
+    assert [r.target for r in origin.requests] == [b"/redirect"]
+
+
+async def test_cookies_are_not_kept_between_requests(origin: HTTPOrigin) -> None:
+    with trio.fail_after(10):
+        async with serving() as env:
+            first = await exchange(env.agent, "GET", origin.url("/set-cookie"))
+            second = await exchange(env.agent, "GET", origin.url("/echo"))
+            third = await exchange(env.agent, "GET", origin.url("/echo"), [("Cookie", "mine=2")])
+    assert first.header("set-cookie") == "fluidity_test=1; Path=/"
+    assert not [h for h in second.json()["headers"] if h[0].lower() == "cookie"]
+    assert [h for h in third.json()["headers"] if h[0].lower() == "cookie"] == [
+        ["Cookie", "mine=2"]
+    ]
+
+
+async def test_https_origin_with_a_trusted_ca(tls_origin: HTTPOrigin, tls: TestTLS) -> None:
+    with trio.fail_after(10):
+        async with serving(verify=tls.client) as env:
+            result = await exchange(env.agent, "GET", tls_origin.url("/echo"))
+            by_name = await exchange(
+                env.agent, "GET", f"https://origin.test:{tls_origin.port}/echo"
+            )
+    assert result.status == 200
+    assert by_name.status == 200
+    assert by_name.json()["headers"] == [["Host", f"origin.test:{tls_origin.port}"]]
+
+
+async def test_https_origin_with_an_untrusted_certificate_is_502(tls_origin: HTTPOrigin) -> None:
+    with trio.fail_after(10):
+        async with serving() as env:  # system CAs: the trustme CA is unknown
+            result = await exchange(env.agent, "GET", tls_origin.url("/echo"))
+    assert result.status == 502
+    assert "CERTIFICATE_VERIFY_FAILED" in result.body.decode()
+
+
+async def test_connection_refused_is_502(origin: HTTPOrigin) -> None:
+    with trio.socket.socket() as sock:  # a port with nothing listening
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with trio.fail_after(10):
+        async with serving() as env:
+            result = await exchange(
+                env.agent, "POST", f"http://127.0.0.1:{port}/", [], [b"body that is dropped"]
+            )
+    assert result.status == 502
+    assert result.header("content-type") == "text/plain; charset=utf-8"
+    assert result.header("x-fluidity-error") == f"connection to 127.0.0.1:{port} refused"
+    assert result.body == f"connection to 127.0.0.1:{port} refused\n".encode()
+
+
+async def test_an_error_answer_arrives_while_the_agent_is_still_uploading() -> None:
+    endless = itertools.repeat(b"x" * 10_000)
+    with trio.fail_after(10):
+        async with serving() as env:
+            result = await exchange(env.agent, "POST", "http://metadata.test/", [], endless)
+            await trio.testing.wait_all_tasks_blocked()
+            assert env.activity.active == 0  # the handler stopped reading when the agent reset
+    assert result.status == 403
+
+
+async def test_unknown_host_is_502_without_a_dns_query() -> None:
+    with trio.fail_after(10):
+        async with serving() as env:
+            result = await exchange(env.agent, "GET", "http://no-such-host.test/")
+    assert result.status == 502
+    assert result.header("x-fluidity-error") == "could not resolve host no-such-host.test"
+
+
+async def test_an_origin_that_never_answers_is_504(
+    origin: HTTPOrigin, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(100):
+        async with serving(read_timeout=30) as env:
+            start = trio.current_time()
+            result = await exchange(env.agent, "GET", origin.url("/hang"))
+            waited = trio.current_time() - start
+    assert result.status == 504
+    assert "30 s" in result.body.decode()
+    assert 30 <= waited < 31
+
+
+async def test_loopback_is_refused_by_default(origin: HTTPOrigin) -> None:
+    with trio.fail_after(10):
+        async with serving(EgressPolicy()) as env:
+            result = await exchange(env.agent, "GET", origin.url("/echo"))
+    assert result.status == 403
+    assert result.header("x-fluidity-error") == (
+        "destination 127.0.0.1 is not allowed by the egress policy"
+    )
+    assert origin.connections == 0
+
+
+async def test_a_name_resolving_to_a_denied_address_is_refused() -> None:
+    with trio.fail_after(10):
+        async with serving() as env:
+            result = await exchange(env.agent, "GET", "http://metadata.test/latest/meta-data/")
+    assert result.status == 403
+    assert "metadata.test (169.254.169.254)" in result.body.decode()
+
+
+async def test_a_bad_url_is_400() -> None:
+    with trio.fail_after(10):
+        async with serving() as env:
+            result = await exchange(env.agent, "GET", "ftp://example.test/file")
+    assert result.status == 400
+
+
+async def test_an_origin_failing_after_the_head_resets_the_stream(origin: HTTPOrigin) -> None:
+    with trio.fail_after(10):
+        async with serving() as env:
+            stream = await env.agent.open_stream(
+                Request(0, b"GET", origin.url("/truncate?n=100000").encode(), end_stream=True)
+            )
+            async with stream:
+                reply = await stream.wait_reply()
+                assert isinstance(reply, Response)
+                assert reply.status == 200
+                with pytest.raises(StreamReset) as caught:
+                    await read_all(stream)
+    assert caught.value.code == ErrorCode.UPSTREAM_ERROR
+
+
+async def test_connections_to_the_origin_are_reused(origin: HTTPOrigin) -> None:
+    with trio.fail_after(10):
+        async with serving() as env:
+            for _ in range(3):
+                result = await exchange(env.agent, "GET", origin.url("/echo"))
+                assert result.status == 200
+    assert origin.connections == 1
+
+
+async def test_query_strings_are_not_logged_at_info(
+    origin: HTTPOrigin, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    with trio.fail_after(10):
+        async with serving() as env:
+            await exchange(env.agent, "GET", origin.url("/echo?token=s3cret"))
+            await exchange(env.agent, "GET", "http://127.0.0.1:1/x?token=s3cret")
+    assert "s3cret" not in caplog.text
+    assert "HTTP Request: GET" in caplog.text  # httpx2's line is there, without the query
