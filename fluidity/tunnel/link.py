@@ -109,7 +109,6 @@ class Link:
         self._handshake_done = trio.Event()
         self._closing = trio.Event()
         self._flushed = trio.Event()
-        self._drained = trio.Event()
         self.error: Exception | None = None
         self._last_received = trio.current_time()
         self.bytes_sent = 0
@@ -240,8 +239,10 @@ class Link:
     def _forget(self, stream: TunnelStream) -> None:
         if self.streams.pop(stream.stream_id, None) is not None:
             self._slots_lot.unpark_all()
-            if not self.streams and self.draining:
-                self._drained.set()
+            if not self.streams and self.conn.goaway_received is not None:
+                # The peer is going away and our last stream is done: nothing left to wait for.
+                reason = self.conn.goaway_received.reason
+                self._fail(LinkClosed(f"the peer is going away: {reason}"), goaway=False)
 
     # -- tasks ----------------------------------------------------------------------------
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ssl
 
 import pytest
-import trio.testing
 import trustme
 
 from .helpers import linked_pair
@@ -31,13 +30,3 @@ def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
     agent_cert.configure_cert(agent)
     ca.configure_trust(agent)
     return agent, server
-
-
-@pytest.fixture(autouse=True)
-def _virtual_time(autojump_clock: trio.testing.MockClock) -> trio.testing.MockClock:
-    """Every test here runs on trio's autojump clock.
-
-    Timeouts (keepalive, drain grace, open_timeout) pass instantly, and a test that deadlocks
-    fails at once at its `fail_after` instead of after real seconds.
-    """
-    return autojump_clock

@@ -9,6 +9,7 @@ import msgpack
 import pytest
 import trio
 import trio.testing
+from trio.testing import MockClock
 
 from fluidity.protocol import (
     Connect,
@@ -56,7 +57,7 @@ async def connect(agent: Link, host: str = "origin") -> TunnelStream:
 # -- keepalive ------------------------------------------------------------------------------
 
 
-async def test_keepalive_timeout_fails_the_link_and_every_stream(autojump_clock: object) -> None:
+async def test_keepalive_timeout_fails_the_link_and_every_stream(autojump_clock: MockClock) -> None:
     config = LinkConfig(keepalive_interval=5, keepalive_timeout=15)
     handler_errors: list[BaseException] = []
 
@@ -102,7 +103,7 @@ async def test_keepalive_timeout_fails_the_link_and_every_stream(autojump_clock:
     assert last.code == ErrorCode.KEEPALIVE_TIMEOUT
 
 
-async def test_an_idle_healthy_link_stays_up(autojump_clock: object) -> None:
+async def test_an_idle_healthy_link_stays_up(autojump_clock: MockClock) -> None:
     config = LinkConfig(keepalive_interval=5, keepalive_timeout=15)
     with trio.fail_after(600):
         async with linked_pair(echo, config, config) as (agent, server):
@@ -121,7 +122,7 @@ async def test_an_idle_healthy_link_stays_up(autojump_clock: object) -> None:
             assert server.error is None
 
 
-async def test_a_link_without_handshake_times_out(autojump_clock: object) -> None:
+async def test_a_link_without_handshake_times_out(autojump_clock: MockClock) -> None:
     """The peer connects but never says Hello: the opener fails after handshake_timeout."""
     _silent_peer, server_side = trio.testing.memory_stream_pair()
     config = LinkConfig(handshake_timeout=10)
@@ -134,7 +135,7 @@ async def test_a_link_without_handshake_times_out(autojump_clock: object) -> Non
 # -- GoAway drain ---------------------------------------------------------------------------
 
 
-async def test_drain_lets_open_streams_finish_then_closes() -> None:
+async def test_drain_lets_open_streams_finish_then_closes(autojump_clock: MockClock) -> None:
     answer = payload(1, 1 * MB)
     release = trio.Event()
 
@@ -171,7 +172,37 @@ async def test_drain_lets_open_streams_finish_then_closes() -> None:
     assert isinstance(agent.error, LinkClosed)
 
 
-async def test_a_bounded_drain_closes_with_streams_still_open(autojump_clock: object) -> None:
+async def test_a_stream_opened_across_the_goaway_is_refused(autojump_clock: MockClock) -> None:
+    """The agent opened a stream the server had not seen when it sent GoAway: REFUSED_STREAM,
+    so the caller knows it may retry on a new link."""
+    agent_side, server_side = trio.testing.memory_stream_pair()
+    wire = Wire(agent_side)
+    handled: list[int] = []
+
+    async def handler(stream: TunnelStream) -> None:
+        handled.append(stream.stream_id)
+        await echo(stream)
+
+    with trio.fail_after(60):
+        async with linked_pair(handler, transports=(wire, server_side)) as (agent, server):
+            wire.hold()  # the Connect below has not reached the server when it drains
+            late = await agent.open_stream(Connect(0, "origin", 443))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server.drain)
+                await trio.testing.wait_all_tasks_blocked()
+                assert agent.draining
+                wire.release()
+            with pytest.raises(StreamReset) as caught:
+                await late.wait_reply()
+            assert caught.value.code is ErrorCode.REFUSED_STREAM
+            await agent.wait_closed()
+
+    assert handled == []
+    assert isinstance(agent.error, LinkClosed)
+    assert "going away" in str(agent.error)
+
+
+async def test_a_bounded_drain_closes_with_streams_still_open(autojump_clock: MockClock) -> None:
     server_saw: list[BaseException] = []
 
     async def handler(stream: TunnelStream) -> None:
@@ -203,7 +234,9 @@ async def test_a_bounded_drain_closes_with_streams_still_open(autojump_clock: ob
 
 
 @pytest.mark.parametrize("side", ["agent", "server"])
-async def test_losing_the_transport_mid_transfer_fails_every_stream(side: str) -> None:
+async def test_losing_the_transport_mid_transfer_fails_every_stream(
+    side: str, autojump_clock: MockClock
+) -> None:
     agent_side, server_side = trio.testing.memory_stream_pair()
     moved = 0
     enough = trio.Event()
@@ -243,6 +276,8 @@ async def test_losing_the_transport_mid_transfer_fails_every_stream(side: str) -
                 await (agent_side if side == "agent" else server_side).aclose()
             await agent.wait_closed()
             await server.wait_closed()
+            with pytest.raises(LinkClosed):
+                await agent.open_stream(Connect(0, "origin", 443))
 
     assert len(failures) == 5
     assert all(isinstance(e, LinkClosed) for e in failures)
@@ -255,7 +290,7 @@ async def test_losing_the_transport_mid_transfer_fails_every_stream(side: str) -
 # -- stream limit ---------------------------------------------------------------------------
 
 
-async def test_open_stream_waits_for_a_free_slot() -> None:
+async def test_open_stream_waits_for_a_free_slot(autojump_clock: MockClock) -> None:
     server_config = LinkConfig(settings=Settings(max_streams=2))
     with trio.fail_after(10):
         async with linked_pair(echo, server_config=server_config) as (agent, server):
@@ -281,7 +316,7 @@ async def test_open_stream_waits_for_a_free_slot() -> None:
             assert server.error is None
 
 
-async def test_open_stream_gives_up_after_open_timeout(autojump_clock: object) -> None:
+async def test_open_stream_gives_up_after_open_timeout(autojump_clock: MockClock) -> None:
     server_config = LinkConfig(settings=Settings(max_streams=1))
     agent_config = LinkConfig(open_timeout=7)
     with trio.fail_after(60):
@@ -297,7 +332,9 @@ async def test_open_stream_gives_up_after_open_timeout(autojump_clock: object) -
 # -- failures -------------------------------------------------------------------------------
 
 
-async def test_a_failing_handler_resets_only_its_stream(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_failing_handler_resets_only_its_stream(
+    caplog: pytest.LogCaptureFixture, autojump_clock: MockClock
+) -> None:
     async def handler(stream: TunnelStream) -> None:
         assert isinstance(stream.head, Connect)
         if stream.head.host == "boom":
@@ -310,9 +347,13 @@ async def test_a_failing_handler_resets_only_its_stream(caplog: pytest.LogCaptur
             survivor = await connect(agent)
             await survivor.send_all(b"before ")
             doomed = await agent.open_stream(Connect(0, "boom", 443))
-            with pytest.raises(StreamReset) as caught:
+
+            async def reply_then_body() -> bytes:
                 await doomed.wait_reply()  # the reset may overtake the reply: both are fine
-                await doomed.receive_some()
+                return await doomed.receive_some()
+
+            with pytest.raises(StreamReset) as caught:
+                await reply_then_body()
             assert caught.value.code is ErrorCode.INTERNAL_ERROR
             assert caught.value.by_peer
             await survivor.send_all(b"after")
@@ -368,7 +409,9 @@ CODES = {
 
 
 @pytest.mark.parametrize("kind", list(GARBAGE))
-async def test_garbage_after_the_handshake_closes_the_link_with_goaway(kind: str) -> None:
+async def test_garbage_after_the_handshake_closes_the_link_with_goaway(
+    kind: str, autojump_clock: MockClock
+) -> None:
     frames, outcome = await _raw_server_exchange(GARBAGE[kind], after_handshake=True)
     assert isinstance(outcome, Link)
     assert isinstance(outcome.error, LinkClosed)
@@ -378,7 +421,9 @@ async def test_garbage_after_the_handshake_closes_the_link_with_goaway(kind: str
     assert frames[-1].code == CODES[kind]
 
 
-async def test_garbage_instead_of_hello_fails_the_opener_with_goaway() -> None:
+async def test_garbage_instead_of_hello_fails_the_opener_with_goaway(
+    autojump_clock: MockClock,
+) -> None:
     frames, outcome = await _raw_server_exchange(GARBAGE["http"], after_handshake=False)
     assert isinstance(outcome, LinkClosed)
     assert str(outcome).startswith("protocol error")
@@ -401,7 +446,7 @@ async def test_open_link_checks_handler_against_role() -> None:
 
 
 async def test_a_request_over_mutual_tls_1_3(
-    tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+    tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext], autojump_clock: MockClock
 ) -> None:
     agent_ctx, server_ctx = tls_contexts
     body = payload(2, 1 * MB)
