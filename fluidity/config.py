@@ -189,6 +189,20 @@ def _static_hosts(hosts: StaticHosts) -> StaticHosts:
     return StaticHosts(out)
 
 
+def _url(value: str) -> str:
+    value = value.strip().rstrip("/")
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        raise ValueError("expected an http:// or https:// URL, e.g. the API stage URL")
+    return value
+
+
+def _name(value: str) -> str:
+    value = value.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_./:-]{1,255}", value):
+        raise ValueError("expected a name of letters, digits and _ . / : -")
+    return value
+
+
 def _ready_file(value: str) -> str:
     parent = Path(value).expanduser().parent
     if not parent.is_dir():
@@ -322,6 +336,45 @@ class AgentConfig:
         metadata=_meta(
             "Seconds open connections get to finish on shutdown before they are cut.",
             check=_non_negative,
+        ),
+    )
+    api_url: str | None = attrs.field(
+        default=None,
+        metadata=_meta(
+            "Base URL of the control-plane API (POST /wake, GET /status, POST /kill). When "
+            "set, the agent wakes the server on start and on demand, connects to the address "
+            "status reports, and kills the server on exit. Unset: no lifecycle (local use).",
+            check=_url,
+            metavar="URL",
+        ),
+    )
+    api_key: str | None = attrs.field(
+        default=None,
+        metadata=_meta(
+            "API key sent as x-api-key to the control-plane API. Required with api_url.",
+            secret="key",
+            metavar="KEY",
+        ),
+    )
+    connection_timeout: float = attrs.field(
+        default=300.0,
+        metadata=_meta(
+            "Seconds to wait for a woken server to accept the tunnel before giving up.",
+            check=_positive,
+        ),
+    )
+    connection_retry_interval: float = attrs.field(
+        default=5.0,
+        metadata=_meta(
+            "Seconds between status polls and tunnel attempts while the server wakes.",
+            check=_positive,
+        ),
+    )
+    kill_on_exit: bool = attrs.field(
+        default=True,
+        metadata=_meta(
+            "Stop the server (POST /kill) when the agent exits. Turn off when others share "
+            "the server."
         ),
     )
     ready_file: str | None = attrs.field(
@@ -458,6 +511,42 @@ class ServerConfig:
         metadata=_meta(
             "Seconds in-flight requests get to finish on SIGTERM (Fargate allows 30).",
             check=_non_negative,
+        ),
+    )
+    metrics_enabled: bool = attrs.field(
+        default=False,
+        metadata=_meta(
+            "Emit ActiveConnections and LastActivityEpochSeconds to CloudWatch (needs AWS "
+            "credentials and cloudwatch:PutMetricData)."
+        ),
+    )
+    metrics_interval: float = attrs.field(
+        default=60.0,
+        metadata=_meta("Seconds between metric emissions (also one at start).", check=_positive),
+    )
+    metrics_namespace: str = attrs.field(
+        default="Fluidity", metadata=_meta("CloudWatch namespace of the metrics.", check=_name)
+    )
+    service_name: str = attrs.field(
+        default="fluidity",
+        metadata=_meta(
+            "Value of the metrics' Service dimension: the ECS service name the Sleep "
+            "function watches.",
+            check=_name,
+        ),
+    )
+    aws_region: str | None = attrs.field(
+        default=None,
+        metadata=_meta(
+            "AWS region for CloudWatch (default: the SDK's, e.g. AWS_REGION).", check=_name
+        ),
+    )
+    aws_endpoint_url: str | None = attrs.field(
+        default=None,
+        metadata=_meta(
+            "CloudWatch endpoint override (a local emulator such as moto_server in tests).",
+            check=_url,
+            metavar="URL",
         ),
     )
     ready_file: str | None = attrs.field(
@@ -844,6 +933,12 @@ def _check_agent(config: AgentConfig, settings: dict[str, _Setting]) -> None:
             f"proxy_auth ({settings['proxy_auth'].names}) to user:password, or set listen_host "
             "to 127.0.0.1",
             key="proxy_auth",
+        )
+    if config.api_url is not None and not config.api_key:
+        raise ConfigError(
+            f"api_key is required with api_url: set api_key ({settings['api_key'].names}) to "
+            "the API key value (`fluidity deploy` writes it into the agent's config)",
+            key="api_key",
         )
     _after(config, settings, "reconnect_min_delay", "reconnect_max_delay", equal_ok=True)
     _after(config, settings, "keepalive_interval", "keepalive_timeout")
