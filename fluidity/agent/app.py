@@ -15,16 +15,20 @@ from fluidity.readyfile import write_ready_file
 from fluidity.tls import client_ssl_context
 from fluidity.tunnel import LinkConfig
 
+from .lifecycle import ControlPlane, ControlPlaneError
 from .proxy import Proxy, ProxySettings
-from .tunnel_client import Backoff, TunnelClient
+from .tunnel_client import Backoff, Lifecycle, TunnelClient
 
 log = logging.getLogger("fluidity.agent")
+
+#: How long stopping the server may hold up the agent's exit.
+KILL_TIMEOUT = 10.0
 
 
 def health(tunnel: TunnelClient, proxy: Proxy) -> tuple[int, dict[str, Any]]:
     link = tunnel.link
     body: dict[str, Any] = {
-        "status": "ok" if tunnel.state == "up" else "degraded",
+        "status": "ok" if tunnel.state in {"up", "asleep"} else "degraded",
         "tunnel": tunnel.state,
         "server": f"{tunnel.host}:{tunnel.port}",
         "connects": tunnel.connects,
@@ -37,7 +41,7 @@ def health(tunnel: TunnelClient, proxy: Proxy) -> tuple[int, dict[str, Any]]:
         body["rtt_ms"] = round(link.rtt * 1000, 2) if link.rtt is not None else None
         if tunnel.connected_since is not None:
             body["up_seconds"] = round(time.time() - tunnel.connected_since)
-    return (200 if tunnel.state == "up" else 503), body
+    return (200 if tunnel.state in {"up", "asleep"} else 503), body
 
 
 async def serve(
@@ -48,6 +52,18 @@ async def serve(
     assert config.client_key is not None
     assert config.ca_cert is not None
     context = client_ssl_context(config.client_cert, config.client_key, config.ca_cert)
+    lifecycle = None
+    if config.api_url is not None:
+        assert config.api_key is not None, "load_config requires api_key with api_url"
+        lifecycle = Lifecycle(
+            ControlPlane(config.api_url, config.api_key),
+            connection_timeout=config.connection_timeout,
+            retry_interval=config.connection_retry_interval,
+        )
+    # Requests wait for the tunnel; while a sleeping server wakes, that can take a cold start.
+    request_wait = config.request_wait_timeout
+    if lifecycle is not None:
+        request_wait = max(request_wait, config.connection_timeout)
     tunnel = TunnelClient(
         config.server_host,
         config.server_port,
@@ -60,12 +76,11 @@ async def serve(
         ),
         connect_timeout=config.connect_timeout,
         backoff=Backoff(config.reconnect_min_delay, config.reconnect_max_delay),
+        lifecycle=lifecycle,
     )
     proxy = Proxy(
         tunnel,
-        ProxySettings(
-            proxy_auth=config.proxy_auth, request_wait_timeout=config.request_wait_timeout
-        ),
+        ProxySettings(proxy_auth=config.proxy_auth, request_wait_timeout=request_wait),
         health=lambda: health(tunnel, proxy),
     )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -104,7 +119,22 @@ async def serve(
             with trio.move_on_after(2.0):
                 await tunnel.drain()
             nursery.cancel_scope.cancel()
+    if lifecycle is not None and config.kill_on_exit:
+        await _kill(lifecycle.control)
     log.info("agent stopped")
+
+
+async def _kill(control: ControlPlane) -> None:
+    """Stop the server on exit: bounded, and a failure is only logged."""
+    with trio.move_on_after(KILL_TIMEOUT) as scope:
+        try:
+            status = await control.kill()
+            log.info("server stopped by kill (%s)", status.action or status.state)
+        except ControlPlaneError as exc:
+            log.error("kill failed: %s (the Sleep schedule will stop the server)", exc)
+    if scope.cancelled_caught:
+        log.error("kill did not answer within %.0f s; the Sleep schedule will stop the server",
+                  KILL_TIMEOUT)  # fmt: skip
 
 
 def run(config: AgentConfig) -> int:
@@ -114,4 +144,17 @@ def run(config: AgentConfig) -> int:
     except OSError as exc:
         log.error("agent failed to start: %s", exc)
         return 1
+    except BaseExceptionGroup as group:
+        fatal, rest = group.split(ControlPlaneError)
+        if fatal is None or rest is not None:
+            raise
+        log.error("agent stopped: %s", _first(fatal))
+        return 1
     return 0
+
+
+def _first(group: BaseExceptionGroup[ControlPlaneError]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

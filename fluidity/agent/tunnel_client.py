@@ -7,6 +7,7 @@ caller) while the tunnel is down instead of failing at once.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import ssl
 import time
@@ -17,11 +18,22 @@ import trio
 from fluidity.protocol import Role
 from fluidity.tunnel import Link, LinkClosed, LinkConfig, open_link
 
+from .lifecycle import AuthError, ControlPlane, ControlPlaneError
+
 log = logging.getLogger(__name__)
 
 
 class TunnelUnavailable(Exception):
     """No link to the server came up in time; the message says what the last attempt hit."""
+
+
+@attrs.frozen
+class Lifecycle:
+    """How the tunnel client uses the control plane (disabled when the agent has no api_url)."""
+
+    control: ControlPlane
+    connection_timeout: float = 300.0
+    retry_interval: float = 5.0
 
 
 @attrs.frozen
@@ -49,6 +61,7 @@ class TunnelClient:
         link_config: LinkConfig,
         connect_timeout: float = 10.0,
         backoff: Backoff | None = None,
+        lifecycle: Lifecycle | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -62,7 +75,9 @@ class TunnelClient:
         self.last_error: str | None = None
         self.connects = 0
         self.connected_since: float | None = None
+        self.lifecycle = lifecycle
         self._changed = trio.Event()
+        self._demand = trio.Event()
         self._stopping = False
 
     def _set(self, state: str, link: Link | None = None) -> None:
@@ -76,13 +91,14 @@ class TunnelClient:
         return self._stopping
 
     async def wait_link(self) -> Link:
-        """The open link, waiting for one while the tunnel is (re)connecting."""
+        """The open link, waiting for one while the tunnel is (re)connecting or waking."""
         while True:
             link = self.link
             if link is not None and link.is_open and not link.draining:
                 return link
             if self._stopping:
                 raise TunnelUnavailable("the agent is shutting down")
+            self._demand.set()  # a sleeping server is woken by the first request that waits
             await self._changed.wait()
 
     async def _connect(self) -> trio.SSLStream[trio.SocketStream]:
@@ -98,35 +114,124 @@ class TunnelClient:
             return tls
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Connect and keep reconnecting until cancelled."""
+        """Connect and keep reconnecting until cancelled (waking the server when it sleeps).
+
+        Raises ControlPlaneError when the server cannot be woken at start (a refused API key,
+        or no server within connection_timeout): the agent should exit then.
+        """
         task_status.started()
         attempt = 0
-        where = f"{self.host}:{self.port}"
+        first = True
+        need_wake = self.lifecycle is not None
+        deadline = math.inf
         while not self.stopping:
+            if self.lifecycle is not None and need_wake:
+                if not await self._wake(self.lifecycle, first):
+                    continue
+                need_wake = False
+                deadline = trio.current_time() + self.lifecycle.connection_timeout
+            first = False
             self._set("connecting")
-            try:
-                transport = await self._connect()
-                async with open_link(transport, Role.AGENT, self.link_config) as link:
-                    attempt = 0
-                    self.connects += 1
-                    self.connected_since = time.time()
-                    self.last_error = None
-                    log.info("tunnel up: %s (%s)", where, link.peer_name or "server")
-                    self._set("up", link)
-                    await link.wait_closed()
-                    self.last_error = str(link.error) if link.error else None
-                    log.warning("tunnel down: %s", self.last_error or "closed")
-            except trio.TooSlowError:
-                self.last_error = f"connecting to {where} timed out after {self.connect_timeout} s"
-            except (OSError, trio.BrokenResourceError, LinkClosed) as exc:
-                self.last_error = f"{where}: {_describe(exc)}"
-            self.connected_since = None
+            if await self._connect_and_serve():
+                attempt = 0
+                if self.lifecycle is not None:
+                    need_wake = await self._server_went_down(self.lifecycle)
+                    deadline = trio.current_time() + self.lifecycle.connection_timeout
+                continue
             self._set("down")
-            delay = self.backoff.delay(attempt)
+            if self.lifecycle is not None:
+                if trio.current_time() >= deadline:
+                    self.last_error = (
+                        f"the server did not accept the tunnel within "
+                        f"{self.lifecycle.connection_timeout:g} s ({self.last_error})"
+                    )
+                    log.error("%s", self.last_error)
+                    need_wake = True
+                    continue
+                delay = self.lifecycle.retry_interval
+            else:
+                delay = self.backoff.delay(attempt)
             attempt += 1
             log.info("tunnel unavailable (%s); retrying in %.1f s", self.last_error, delay)
             await trio.sleep(delay)
         self._set("stopped")
+
+    async def _connect_and_serve(self) -> bool:
+        """One connection attempt; True if the link came up (it has ended when this returns)."""
+        where = f"{self.host}:{self.port}"
+        try:
+            transport = await self._connect()
+            async with open_link(transport, Role.AGENT, self.link_config) as link:
+                self.connects += 1
+                self.connected_since = time.time()
+                self.last_error = None
+                log.info("tunnel up: %s (%s)", where, link.peer_name or "server")
+                self._set("up", link)
+                await link.wait_closed()
+                self.last_error = str(link.error) if link.error else None
+                log.warning("tunnel down: %s", self.last_error or "closed")
+                return True
+        except trio.TooSlowError:
+            self.last_error = f"connecting to {where} timed out after {self.connect_timeout} s"
+        except (OSError, trio.BrokenResourceError, LinkClosed) as exc:
+            self.last_error = f"{where}: {_describe(exc)}"
+        finally:
+            self.connected_since = None
+        return False
+
+    async def _wait_for_demand(self) -> None:
+        """Sleep until a proxied request asks for the link."""
+        self._demand = trio.Event()
+        self._set("asleep")
+        log.info("the server is asleep; the next proxied request wakes it")
+        await self._demand.wait()
+
+    async def _wake(self, lifecycle: Lifecycle, first: bool) -> bool:
+        """Wake the server and learn its address; False if it did not come up in time."""
+        if not first:
+            await self._wait_for_demand()
+        self._set("waking")
+        started = trio.current_time()
+        try:
+            status = await lifecycle.control.wake()
+            log.info("wake: %s (%s)", status.action or status.state, status.state)
+            with trio.move_on_after(lifecycle.connection_timeout):
+                status = await lifecycle.control.wait_until_up(lifecycle.retry_interval, started)
+                self.host = status.address or self.host
+                self.port = status.port or self.port
+                log.info("server is up at %s:%d after %.0f s", self.host, self.port,
+                         trio.current_time() - started)  # fmt: skip
+                return True
+            reason = (
+                f"the server did not start within {lifecycle.connection_timeout:g} s "
+                "(connection_timeout); check the ECS service's events and the server's logs"
+            )
+        except AuthError:
+            raise
+        except ControlPlaneError as exc:
+            reason = f"could not wake the server: {exc}"
+        self.last_error = reason
+        if first:
+            raise ControlPlaneError(reason)
+        log.error("%s", reason)
+        self._set("down")
+        return False
+
+    async def _server_went_down(self, lifecycle: Lifecycle) -> bool:
+        """After the link ended: True if the server is stopped (the next request wakes it)."""
+        if self.stopping:
+            return False
+        try:
+            status = await lifecycle.control.status()
+        except AuthError:
+            raise
+        except ControlPlaneError as exc:
+            log.warning("status check failed (%s); reconnecting", exc)
+            return False
+        if status.state == "running" and status.address:
+            self.host = status.address  # a replaced task has a new address
+            self.port = status.port or self.port
+        return status.is_down
 
     async def drain(self) -> None:
         """Graceful close of the current link (GoAway, let streams finish); no reconnect."""
