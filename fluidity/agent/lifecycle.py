@@ -66,6 +66,7 @@ class ControlPlane:
         attempts: int = 6,
         min_delay: float = 0.5,
         max_delay: float = 10.0,
+        call_timeout: float = CALL_TIMEOUT,
         transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         self.api_url = api_url.rstrip("/")
@@ -73,13 +74,14 @@ class ControlPlane:
         self.attempts = attempts
         self.min_delay = min_delay
         self.max_delay = max_delay
+        self.call_timeout = call_timeout
         self._transport = transport
 
     def _client(self) -> httpx2.AsyncClient:
         # trust_env=False: the user's HTTP(S)_PROXY may well point at this agent itself.
         return httpx2.AsyncClient(
             trust_env=False,
-            timeout=CALL_TIMEOUT,
+            timeout=self.call_timeout,
             headers={"x-api-key": self._key},
             transport=self._transport,
         )
@@ -96,7 +98,7 @@ class ControlPlane:
                     log.info("%s %s failed (%s); retrying in %.1f s", method, path, last, delay)
                     await trio.sleep(delay)
                 try:
-                    with trio.fail_after(CALL_TIMEOUT + 5):
+                    with trio.fail_after(self.call_timeout + 5):
                         response = await client.request(method, url)
                 except (httpx2.TransportError, trio.TooSlowError) as exc:
                     last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

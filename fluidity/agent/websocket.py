@@ -67,7 +67,9 @@ async def relay_websocket(
                     code = _RESERVED.get(event.code, event.code)
                     if ws.state is ConnectionState.REMOTE_CLOSING:
                         await to_client(ws.send(event.response()))
-                        await stream.send_ws_close(code, event.reason or "")
+                    # Either the client's close, or its answer to the origin's: relay it so
+                    # the tunnel stream ends cleanly on both sides.
+                    await stream.send_ws_close(code, event.reason or "")
                     return
             if ws.state is ConnectionState.CLOSED:
                 return

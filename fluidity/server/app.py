@@ -19,6 +19,7 @@ from .activity import ActivityTracker
 from .egress import EgressPolicy
 from .handler import StreamHandler, open_stream_handler
 from .health import serve_health
+from .metrics import MetricsEmitter, MetricsSettings, MetricsSetupError
 from .resolver import StaticResolver, install
 
 log = logging.getLogger("fluidity.server")
@@ -123,6 +124,12 @@ async def serve(
     _install_resolver(config)
     context = server_ssl_context(config.server_cert, config.server_key, config.ca_cert)
     activity = ActivityTracker()
+    # -- CloudWatch metrics (fluidity/server/metrics.py): check before listening ------------
+    metrics: MetricsEmitter | None = None
+    if config.metrics_enabled:
+        metrics = MetricsEmitter(MetricsSettings.from_config(config), activity)
+        await metrics.check_credentials()  # MetricsSetupError: run() exits with code 2
+    # -- end metrics ---------------------------------------------------------------------------
     link_config = LinkConfig(
         settings=Settings(peer_name="fluidity-server"),
         keepalive_interval=config.keepalive_interval,
@@ -168,6 +175,8 @@ async def serve(
                     await serve_health(stream, report)
 
                 nursery.start_soon(trio.serve_listeners, health, health_listeners)
+                if metrics is not None:  # metrics: emits at once, then every interval
+                    nursery.start_soon(metrics.run)
                 async with trio.open_nursery() as links:
                     accept_scope = trio.CancelScope()
 
@@ -203,6 +212,9 @@ def run(config: ServerConfig) -> int:
     """Blocking entry point for the CLI; returns the process exit code."""
     try:
         trio.run(serve, config)
+    except MetricsSetupError as exc:  # metrics: enabled without credentials or region
+        log.error("server failed to start: %s", exc)
+        return 2
     except OSError as exc:
         log.error("server failed to start: %s", exc)
         return 1

@@ -12,9 +12,10 @@ from contextlib import asynccontextmanager
 
 import attrs
 import httpx2
+import trio
 
 from fluidity.protocol import StreamKind
-from fluidity.tunnel import TunnelStream
+from fluidity.tunnel import LinkClosed, StreamReset, TunnelStream
 
 from .activity import ActivityTracker
 from .egress import EgressPolicy
@@ -41,16 +42,9 @@ class StreamHandler:
 
     async def __call__(self, stream: TunnelStream) -> None:
         with self.activity.track():
-            if stream.kind is StreamKind.REQUEST:
-                await serve_request(stream, self.client, self.activity)
-            elif stream.kind is StreamKind.CONNECT:
-                await serve_connect(
-                    stream,
-                    policy=self.policy,
-                    connect_timeout=self.connect_timeout,
-                    activity=self.activity,
-                )
-            else:
+            if stream.kind is StreamKind.WEBSOCKET:
+                # The relay reads the tunnel throughout, so it sees a reset itself, and it
+                # must not be cancelled: closing the origin gracefully needs its reader task.
                 await serve_websocket(
                     stream,
                     policy=self.policy,
@@ -59,6 +53,34 @@ class StreamHandler:
                     activity=self.activity,
                     max_message_size=self.max_ws_message,
                 )
+                return
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_cancel_when_failed, stream, nursery.cancel_scope)
+                    if stream.kind is StreamKind.REQUEST:
+                        await serve_request(stream, self.client, self.activity)
+                    else:
+                        await serve_connect(
+                            stream,
+                            policy=self.policy,
+                            connect_timeout=self.connect_timeout,
+                            activity=self.activity,
+                        )
+                    nursery.cancel_scope.cancel()
+            except* (StreamReset, LinkClosed):
+                pass  # the agent's side is gone; the upstream side was closed on the way out
+
+
+async def _cancel_when_failed(stream: TunnelStream, scope: trio.CancelScope) -> None:
+    """Cancel the stream's work once it is reset or its link closes.
+
+    A request waiting for a slow origin, or a tunnel the agent half-closed, reads nothing
+    from the stream and would never notice. TunnelStream has no public wait for this, so
+    this parks on its receive lot, which the link unparks on every delivery and on failure.
+    """
+    while stream.error is None:
+        await stream._receive_lot.park()
+    scope.cancel()
 
 
 @asynccontextmanager

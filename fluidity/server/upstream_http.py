@@ -353,8 +353,9 @@ def _header_names(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
 
 def where(url: httpx2.URL) -> str:
     """scheme://host[:port] of a URL: what may be logged at INFO (no path, no query)."""
+    host = f"[{url.host}]" if ":" in url.host else url.host
     port = f":{url.port}" if url.port else ""
-    return f"{url.scheme}://{url.host}{port}"
+    return f"{url.scheme}://{host}{port}"
 
 
 async def _build_request(

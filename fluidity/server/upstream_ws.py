@@ -5,7 +5,8 @@ own with the origin through trio-websocket, answers WebSocketAck with the origin
 relays. Tunnel fragments are reassembled into whole messages (bounded by `max_message_size`)
 because trio-websocket sends whole messages; the origin's messages go back as fragments sized
 by the tunnel's credit. Closing follows RFC 6455: whoever closes first gets the other side's
-echo, and a side that vanishes is closed with 1001 (going away) on the other.
+echo. If the agent's stream is reset, the origin is closed with 1001 (going away); if the
+origin vanishes, the agent is told 1006 (abnormal closure, never sent on the wire).
 """
 
 from __future__ import annotations
@@ -171,9 +172,15 @@ async def serve_websocket(
                     WebSocketAck(stream.stream_id, 101, ws.subprotocol, accepted)
                 )
                 log.debug("%s: open (subprotocol %r)", label, ws.subprotocol)
-                await _Relay(stream, ws, activity, max_message_size).run()
-                with trio.move_on_after(CLOSE_TIMEOUT):
-                    await ws.aclose(CloseReason.GOING_AWAY)
+                try:
+                    await _Relay(stream, ws, activity, max_message_size).run()
+                finally:
+                    # Normally a no-op: both sides have closed. If the agent went away, the
+                    # origin hears 1001; if the whole link is going, this handler is about to
+                    # be cancelled (reader task and all), so the connection is just dropped.
+                    if not isinstance(stream.error, LinkClosed):
+                        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+                            await ws.aclose(CloseReason.GOING_AWAY)
             nursery.cancel_scope.cancel()  # trio-websocket's reader task
     except* trio_websocket.ConnectionRejected as group:
         first = group.exceptions[0]
@@ -284,10 +291,7 @@ class _Relay:
                     self.tunnel_initiated = True
                 await self._close_upstream(code, reason)
                 if not self.close_sent and message is not None:
-                    echo = self.ws.closed
-                    if echo is not None and echo.code != CloseReason.ABNORMAL_CLOSURE:
-                        code, reason = echo.code, echo.reason or ""
-                    await self._close_tunnel(code, reason)
+                    await self._close_tunnel(code, reason)  # the echo, as RFC 6455 suggests
                 return
             self.activity.touch()
             if self.close_sent:

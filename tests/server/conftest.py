@@ -24,18 +24,21 @@ from tests.support.origins import (
 
 @pytest.fixture(autouse=True)
 def no_dns_queries(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[Any, ...]]]:
-    """Fail the test if anything asks the system resolver about a name (not a literal)."""
+    """Refuse, record and fail any system lookup of a name (literals are fine)."""
     lookups: list[tuple[Any, ...]] = []
     real = socket.getaddrinfo
 
-    def spy(host: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0):  # type: ignore[no-untyped-def]
+    def guarded(
+        host: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
+    ) -> Any:
         if not flags & socket.AI_NUMERICHOST:
             lookups.append((host, port))
+            raise socket.gaierror(socket.EAI_NONAME, "tests send no DNS queries")
         return real(host, port, family, type, proto, flags)
 
-    monkeypatch.setattr(socket, "getaddrinfo", spy)
+    monkeypatch.setattr(socket, "getaddrinfo", guarded)
     yield lookups
-    assert not lookups, f"system resolver asked about {lookups}"
+    assert not lookups, f"something asked the system resolver about {lookups}"
 
 
 @pytest.fixture

@@ -76,9 +76,10 @@ async def serving(
     read_timeout: float = 10.0,
     max_ws_message: int | None = None,
     config: LinkConfig | None = None,
+    activity: ActivityTracker | None = None,
 ) -> AsyncIterator[Served]:
     install(StaticResolver(TEST_HOSTS, fallback_to_system=False))
-    activity = ActivityTracker()
+    activity = activity or ActivityTracker()
     extra: dict[str, Any] = {} if max_ws_message is None else {"max_ws_message": max_ws_message}
     async with (
         open_stream_handler(

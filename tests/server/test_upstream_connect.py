@@ -10,7 +10,7 @@ import trio.testing
 
 from fluidity.protocol import ErrorCode
 from fluidity.server.egress import EgressPolicy
-from fluidity.tunnel import StreamReset
+from fluidity.tunnel import StreamReset, TunnelStream
 from tests.server.harness import TunnelByteStream, open_connect, read_all, send_body, serving
 from tests.support.origins import ECHO_TRAILER, HTTPOrigin, TCPOrigin, TestTLS, pattern_chunks
 
@@ -84,20 +84,37 @@ async def test_agent_reset_closes_the_origin_connection(echo_origin: TCPOrigin) 
 
 
 async def test_origin_failure_resets_the_stream(origin: HTTPOrigin) -> None:
-    """The /truncate route closes mid-response; after EOF nothing breaks, so use a reset."""
+    """/truncate closes the socket; the origin's EOF comes through, then writing on fails."""
+
+    async def write_on(stream: TunnelStream) -> None:
+        for _ in range(100):
+            await stream.send_all(b"x" * 65536)
+            await trio.testing.wait_all_tasks_blocked()
+
     with trio.fail_after(10):
         async with serving() as env:
             stream, _ = await open_connect(env.agent, "127.0.0.1", origin.port)
             async with stream:
                 await stream.send_all(b"GET /truncate?n=1000 HTTP/1.1\r\nHost: x\r\n\r\n")
-                data = await read_all(stream)  # the origin closed: EOF comes through
+                data = await read_all(stream)
                 assert data.startswith(b"HTTP/1.1 200")
                 with pytest.raises(StreamReset) as caught:
-                    # Writing on: the origin socket is gone, so the stream is reset.
-                    for _ in range(100):
-                        await stream.send_all(b"x" * 65536)
-                        await trio.testing.wait_all_tasks_blocked()
+                    await write_on(stream)
     assert caught.value.code == ErrorCode.UPSTREAM_ERROR
+
+
+async def test_a_reset_after_half_close_closes_the_upstream_side(origin: HTTPOrigin) -> None:
+    """Nothing reads the stream once the agent sent EOF; the reset must still be noticed."""
+    with trio.fail_after(10):
+        async with serving() as env:
+            stream, _ = await open_connect(env.agent, "127.0.0.1", origin.port)
+            await stream.send_all(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
+            await stream.send_eof()
+            await trio.testing.wait_all_tasks_blocked()
+            assert env.activity.active == 1
+            stream.reset()
+            await trio.testing.wait_all_tasks_blocked()
+            assert env.activity.active == 0
 
 
 async def test_refused_port_is_a_502_ack() -> None:

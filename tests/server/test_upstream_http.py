@@ -313,6 +313,7 @@ async def test_query_strings_are_not_logged_at_info(
     origin: HTTPOrigin, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="httpx2")  # whatever logging setup ran before
     with trio.fail_after(10):
         async with serving() as env:
             await exchange(env.agent, "GET", origin.url("/echo?token=s3cret"))

@@ -148,12 +148,12 @@ class _HTTPConnection:
             except h11.RemoteProtocolError as exc:
                 raise _Closed from exc
             if event is not h11.NEED_DATA:
-                return event
+                return event  # type: ignore[return-value]  # NEED_DATA is excluded above
             try:
                 data = await self.stream.receive_some(_CHUNK)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise _Closed from exc
-            self.conn.receive_data(data)
+            self.conn.receive_data(bytes(data))
 
     async def read_body(self) -> tuple[int, str]:
         digest = hashlib.sha256()
@@ -401,18 +401,20 @@ async def websocket_origin(*, tls: ssl.SSLContext | None = None) -> AsyncIterato
                     await ws.send_message(message)
         except trio_websocket.ConnectionClosed:
             pass
-        reason = ws.closed
-        origin.closes.append((reason.code, reason.reason) if reason else (0, None))
+        closed = ws.closed
+        origin.closes.append((closed.code, closed.reason) if closed else (0, None))
         origin._lot.unpark_all()
 
     async with trio.open_nursery() as nursery:
         server = await nursery.start(
-            trio_websocket.serve_websocket,
-            handle,
-            HOST,
-            0,
-            tls,
-            max_message_size=16 * 1024 * 1024,
+            partial(
+                trio_websocket.serve_websocket,
+                handle,
+                HOST,
+                0,
+                tls,
+                max_message_size=16 * 1024 * 1024,
+            )
         )
         origin.port = server.port
         yield origin
