@@ -75,11 +75,9 @@ async def _cancel_when_failed(stream: TunnelStream, scope: trio.CancelScope) -> 
     """Cancel the stream's work once it is reset or its link closes.
 
     A request waiting for a slow origin, or a tunnel the agent half-closed, reads nothing
-    from the stream and would never notice. TunnelStream has no public wait for this, so
-    this parks on its receive lot, which the link unparks on every delivery and on failure.
+    from the stream and would never notice otherwise.
     """
-    while stream.error is None:
-        await stream._receive_lot.park()
+    await stream.wait_failed()
     scope.cancel()
 
 

@@ -279,10 +279,11 @@ class MetricsEmitter:
     async def _emit_once(self) -> bool:
         timeout = self.settings.put_timeout
         try:
-            with trio.fail_after(timeout):
-                if self._client is None:
+            if self._client is None:  # once; again only if creating it failed
+                with trio.fail_after(timeout):
                     self._client = await self._in_thread(self._client_factory, self.settings)
-                request = build_request(self.settings, self.activity.snapshot(), self._clock())
+            request = build_request(self.settings, self.activity.snapshot(), self._clock())
+            with trio.fail_after(timeout):
                 await self._in_thread(functools.partial(self._client.put_metric_data, **request))
         except Exception as exc:  # anything but cancellation: log, back off, carry on
             self._failed += 1
@@ -320,6 +321,6 @@ class MetricsEmitter:
 def _describe(exc: Exception, timeout: float) -> str:
     """The error for the log: type and message (botocore's carry no secrets), kept short."""
     if isinstance(exc, trio.TooSlowError):
-        return f"no answer within {timeout:g} s"
+        return f"timed out after {timeout:g} s"
     text = f"{type(exc).__name__}: {exc}"
     return text if len(text) <= 300 else text[:297] + "..."

@@ -57,6 +57,7 @@ class TunnelStream:
         self._error: Exception | None = None
         self._receive_lot = trio.lowlevel.ParkingLot()
         self._send_lot = trio.lowlevel.ParkingLot()
+        self._failed_lot = trio.lowlevel.ParkingLot()
 
     def __repr__(self) -> str:
         return f"<TunnelStream {self.stream_id} {self.kind.value}>"
@@ -85,12 +86,23 @@ class TunnelStream:
             self._error = error
         self._receive_lot.unpark_all()
         self._send_lot.unpark_all()
+        self._failed_lot.unpark_all()
 
     def _wake_senders(self) -> None:
         self._send_lot.unpark_all()
 
     @property
     def error(self) -> Exception | None:
+        return self._error
+
+    async def wait_failed(self) -> Exception:
+        """Wait until the stream is reset or its link closes; returns why.
+
+        For work that reads nothing from the stream for a while (a slow origin, a tunnel
+        the peer half-closed) and must still stop when the stream goes away.
+        """
+        while self._error is None:
+            await self._failed_lot.park()
         return self._error
 
     # -- replies --------------------------------------------------------------------------

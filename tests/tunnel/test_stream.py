@@ -349,6 +349,28 @@ async def test_server_reset_reaches_the_agent_receive_and_send(autojump_clock: M
             assert server.statistics().open_streams == 0
 
 
+async def test_wait_failed_notices_a_reset_while_nothing_is_read(
+    autojump_clock: MockClock,
+) -> None:
+    """A handler busy elsewhere (a slow origin) learns the agent gave up on its stream."""
+    noticed: list[Exception] = []
+
+    async def handler(stream: TunnelStream) -> None:
+        await stream.send_reply(ConnectAck(stream.stream_id, 200))
+        noticed.append(await stream.wait_failed())
+
+    with trio.fail_after(10):
+        async with linked_pair(handler) as (agent, _server):
+            stream = await connect(agent)
+            await trio.testing.wait_all_tasks_blocked()
+            assert noticed == []
+            stream.reset(ErrorCode.CANCEL, "client went away")
+            await trio.testing.wait_all_tasks_blocked()
+    assert len(noticed) == 1
+    assert isinstance(noticed[0], StreamReset)
+    assert noticed[0].code is ErrorCode.CANCEL
+
+
 async def test_reset_wakes_a_sender_waiting_for_credit(autojump_clock: MockClock) -> None:
     async def handler(stream: TunnelStream) -> None:
         await stream.send_reply(ConnectAck(stream.stream_id, 200))
