@@ -210,3 +210,22 @@ async def test_agent_refuses_to_bind_off_loopback_without_auth(pki: Pki, tmp_pat
 def test_make_pki_is_reusable(tmp_path: Path) -> None:
     pki = make_pki(tmp_path / "again")
     assert Path(pki.path("ca.pem")).read_text().startswith("-----BEGIN CERTIFICATE-----")
+
+
+async def test_server_drains_an_open_download_on_sigterm(tunnel: Tunnel) -> None:
+    """ECS sends SIGTERM: open streams finish (GoAway first), then the server exits 0."""
+    size = 200 * 1024 * 1024
+    received = 0
+    async with (
+        http_origin() as origin,
+        client(tunnel) as http,
+        http.stream("GET", url(origin, f"/stream?n={size}")) as response,
+    ):
+        async for piece in response.aiter_raw():
+            if not received:
+                tunnel.server.signal(signal.SIGTERM)
+            received += len(piece)
+    assert received == size
+    with trio.fail_after(15):
+        assert await tunnel.server.wait() == 0
+    assert "draining" in tunnel.server.log()
