@@ -292,7 +292,7 @@ class MetricsEmitter:
                 self._consecutive, self.settings.retry_initial, self.settings.retry_max
             )
             log.warning(
-                "CloudWatch metrics not sent (%s); next attempt in %.1f s",
+                "CloudWatch metrics not sent (%s); next attempt in %g s",
                 _describe(exc, timeout),
                 delay,
                 extra={"failures": self._consecutive, "retry_in": delay},
