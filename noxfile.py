@@ -35,3 +35,24 @@ def local(session: nox.Session) -> None:
     """Run a server and an agent on this machine; the proxy listens on 127.0.0.1:8080."""
     install(session)
     session.run("fluidity", "local", "up", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Throughput, latency and memory through the agent vs. direct (not part of the tests).
+
+    Extra arguments go to the bench (`nox -s bench -- --help`); results in .bench/results.json.
+    """
+    install(session)
+    if any(arg.startswith("--profile") for arg in session.posargs):
+        session.install("py-spy")
+    session.run("python", "-m", "tests.bench", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lambda_zip(session: nox.Session) -> None:
+    """Build dist/lambda.zip, the control-plane Lambda package, byte-for-byte reproducible.
+
+    Standard library only, so nothing is installed. `-- --out PATH` writes elsewhere.
+    """
+    session.run("python", "lambda_src/build_zip.py", "--out", "dist/lambda.zip", *session.posargs)
