@@ -90,6 +90,11 @@ class TunnelClient:
     def stopping(self) -> bool:
         return self._stopping
 
+    async def wait_state(self, *states: str) -> None:
+        """Wait until the tunnel is in one of `states` (for supervisors and tests)."""
+        while self.state not in states:
+            await self._changed.wait()
+
     async def wait_link(self) -> Link:
         """The open link, waiting for one while the tunnel is (re)connecting or waking."""
         while True:
