@@ -136,9 +136,12 @@ class Config:
 class SleepConfig:
     """The Sleep handler's thresholds and where the server's metrics are."""
 
-    idle_threshold_minutes: int
-    wake_grace_minutes: int
+    idle_threshold_minutes: float
+    wake_grace_minutes: float
     metric_namespace: str
+    #: Seconds per datapoint Sleep asks for: 60 for the server's once-a-minute metrics; the
+    #: local cloud, which runs minutes as seconds, asks for finer ones.
+    metric_period: int = 60
 
 
 def _required(env: Mapping[str, str], name: str, what: str) -> str:
@@ -148,16 +151,17 @@ def _required(env: Mapping[str, str], name: str, what: str) -> str:
     return value
 
 
-def _minutes(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+def _minutes(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    """Minutes, decimals allowed (the local cloud runs "15 minutes" as seconds)."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = float(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a whole number of minutes") from None
-    if not minimum <= value <= 1440:
-        raise ConfigError(f"{name}={value} is out of range: {minimum} to 1440 minutes")
+        raise ConfigError(f"{name}={raw!r} is not a number of minutes") from None
+    if not (minimum <= value <= 1440 and math.isfinite(value)):
+        raise ConfigError(f"{name}={raw} is out of range: {minimum:g} to 1440 minutes")
     return value
 
 
@@ -178,10 +182,24 @@ def parse_sleep_config(env: Mapping[str, str]) -> SleepConfig:
             "digits or . - _ / # : and spaces; not starting with AWS/)"
         )
     return SleepConfig(
-        idle_threshold_minutes=_minutes(env, "IDLE_THRESHOLD_MINUTES", 15, minimum=1),
+        idle_threshold_minutes=_minutes(env, "IDLE_THRESHOLD_MINUTES", 15, minimum=0.05),
         wake_grace_minutes=_minutes(env, "WAKE_GRACE_MINUTES", 10, minimum=0),
         metric_namespace=namespace,
+        metric_period=_period(env),
     )
+
+
+_PERIODS = (1, 5, 10, 30, 60)
+
+
+def _period(env: Mapping[str, str]) -> int:
+    raw = env.get("METRIC_PERIOD_SECONDS", "").strip() or "60"
+    if not raw.isdigit() or not (int(raw) in _PERIODS or int(raw) % 60 == 0):
+        raise ConfigError(
+            f"METRIC_PERIOD_SECONDS={raw!r} is not a CloudWatch period: 1, 5, 10, 30 or a "
+            "multiple of 60"
+        )
+    return int(raw)
 
 
 _cache: dict[str, Any] = {}

@@ -62,16 +62,18 @@ def _body(
     )
 
 
-def metric_window(at: float, threshold_minutes: int) -> tuple[datetime, datetime]:
-    """Whole minutes covering at least the last `threshold_minutes`, the current one included."""
-    start = math.floor(at / PERIOD - threshold_minutes) * PERIOD
-    end = (math.floor(at / PERIOD) + 1) * PERIOD
+def metric_window(
+    at: float, threshold_minutes: float, period: int = PERIOD
+) -> tuple[datetime, datetime]:
+    """Whole periods covering at least the last `threshold_minutes`, the current one included."""
+    start = math.floor((at - threshold_minutes * 60) / period) * period
+    end = (math.floor(at / period) + 1) * period
     return datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC)
 
 
 def read_activity(cfg: common.Config, scfg: common.SleepConfig, at: float) -> Activity:
     """Query both metrics in one GetMetricData call; anything short of a full answer raises."""
-    start, end = metric_window(at, scfg.idle_threshold_minutes)
+    start, end = metric_window(at, scfg.idle_threshold_minutes, scfg.metric_period)
     dimensions = [{"Name": "Service", "Value": cfg.service_name}]
     queries = [
         {
@@ -82,7 +84,7 @@ def read_activity(cfg: common.Config, scfg: common.SleepConfig, at: float) -> Ac
                     "MetricName": metric,
                     "Dimensions": dimensions,
                 },
-                "Period": PERIOD,
+                "Period": scfg.metric_period,
                 "Stat": stat,
             },
             "ReturnData": True,
@@ -111,9 +113,9 @@ def read_activity(cfg: common.Config, scfg: common.SleepConfig, at: float) -> Ac
     return Activity(max(values["active"], default=None), max(values["last"], default=None))
 
 
-def decide(activity: Activity, at: float, threshold_minutes: int) -> tuple[bool, str]:
+def decide(activity: Activity, at: float, threshold_minutes: float) -> tuple[bool, str]:
     """Idle or not, and why; either kind of use keeps the server up."""
-    window = f"in the last {threshold_minutes} min"
+    window = f"in the last {threshold_minutes:g} min"
     threshold = threshold_minutes * 60
     active, last = activity.active_connections, activity.last_activity_epoch
     if active is None and last is None:
@@ -124,8 +126,8 @@ def decide(activity: Activity, at: float, threshold_minutes: int) -> tuple[bool,
         return True, f"no active connections and no {LAST_ACTIVITY} datapoints {window}"
     idle = at - last
     if idle < threshold:
-        return False, f"last activity {idle:.0f} s ago, under the {threshold} s idle threshold"
-    return True, f"no active connections, last activity {idle:.0f} s ago (>= {threshold} s)"
+        return False, f"last activity {idle:.0f} s ago, under the {threshold:g} s idle threshold"
+    return True, f"no active connections, last activity {idle:.0f} s ago (>= {threshold:g} s)"
 
 
 def _within_grace(woken: common.WakeSignal | None, at: float, grace: float) -> str | None:

@@ -59,8 +59,9 @@ def test_sleep_config_values() -> None:
 @pytest.mark.parametrize(
     ("name", "value", "says"),
     [
-        ("IDLE_THRESHOLD_MINUTES", "abc", "not a whole number"),
-        ("IDLE_THRESHOLD_MINUTES", "1.5", "not a whole number"),
+        ("IDLE_THRESHOLD_MINUTES", "abc", "not a number of minutes"),
+        ("IDLE_THRESHOLD_MINUTES", "nan", "out of range"),
+        ("METRIC_PERIOD_SECONDS", "7", "not a CloudWatch period"),
         ("IDLE_THRESHOLD_MINUTES", "0", "out of range"),
         ("IDLE_THRESHOLD_MINUTES", "1441", "out of range"),
         ("WAKE_GRACE_MINUTES", "-1", "out of range"),
