@@ -21,6 +21,7 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", "fluidity", "tests", "noxfile.py")
     session.run("ruff", "format", "--check", "fluidity", "tests", "noxfile.py")
     session.run("mypy", "fluidity")
+    session.run("cfn-lint", "cfn/fargate.yaml", "cfn/lambda.yaml")
 
 
 @nox.session(python=PYTHON)

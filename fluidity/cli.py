@@ -156,10 +156,28 @@ def local_group() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     default=Path(".fluidity"),
     show_default=True,
-    help="Where certificates and ready files are kept.",
+    help="Where certificates, the Lambda zip and logs are kept.",
 )
-def local_up(port: int, state_dir: Path) -> None:
-    """Start a server and an agent on loopback; Ctrl-C stops both."""
+@click.option(
+    "--time-scale", type=click.FloatRange(min=1), default=60.0, show_default=True,
+    help="Schedule seconds per real second: 60 runs the 15-minute idle threshold in 15 s.",
+)  # fmt: skip
+@click.option(
+    "--start-delay", type=click.FloatRange(min=0), default=2.0, show_default=True,
+    help="Seconds the Fargate stand-in takes to start a server (a cold start).",
+)  # fmt: skip
+def local_up(port: int, state_dir: Path, time_scale: float, start_delay: float) -> None:
+    """Start the local cloud (moto, API Gateway, scheduler and Fargate stand-ins) and an agent
+    using it; Ctrl-C stops everything."""
     from fluidity import local
+    from fluidity.localcloud.cloud import CloudSettings
 
-    raise SystemExit(local.run(state_dir, port))
+    settings = CloudSettings(time_scale=time_scale, start_delay=start_delay)
+    raise SystemExit(local.run(state_dir, port, settings))
+
+
+# -- AWS deployment (fluidity/deploy/) -----------------------------------------------------------
+from fluidity.deploy.commands import deploy_command, destroy_command  # noqa: E402
+
+main.add_command(deploy_command)
+main.add_command(destroy_command)

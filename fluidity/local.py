@@ -1,8 +1,9 @@
-"""`fluidity local up`: a server and an agent on this machine, supervised under one nursery.
+"""`fluidity local up`: the whole system on this machine, supervised under one trio nursery.
 
-Certificates are made on first use in the state directory. The server binds an ephemeral
-loopback port and says which in its ready file; the agent is then started against it. Output
-of both is shown with a prefix; Ctrl-C (or SIGTERM) stops the agent, then the server.
+The local cloud (moto as AWS, the API Gateway, EventBridge and Fargate stand-ins running the
+real Lambda handlers from the built zip) plus an agent configured against it. The agent wakes
+the server through the API, the Sleep schedule puts it to sleep when idle, and the next request
+wakes it again, as on AWS, with minutes running as seconds by default. Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from pathlib import Path
 
 import trio
 
-from fluidity import certs
+from fluidity.localcloud.cloud import CloudSettings, LocalCloud, describe, run_local_cloud
 
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 20.0
 
 
 async def _pump_output(name: str, stream: trio.abc.ReceiveStream) -> None:
@@ -32,28 +33,32 @@ async def _pump_output(name: str, stream: trio.abc.ReceiveStream) -> None:
         print(f"[{name}] {buffer.decode(errors='replace')}", flush=True)
 
 
-async def _start(
-    nursery: trio.Nursery, name: str, args: list[str], ready: Path
-) -> tuple[trio.Process, dict[str, int]]:
-    ready_file = trio.Path(ready)
-    await ready_file.unlink(missing_ok=True)
+async def start_agent(
+    nursery: trio.Nursery, cloud: LocalCloud, port: int, extra: list[str] | None = None
+) -> tuple[trio.Process, int]:
+    """Start `python -m fluidity.agent` against the cloud; returns it and its proxy port."""
+    ready = trio.Path(cloud.workdir / "agent.json")
+    await ready.unlink(missing_ok=True)
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", f"fluidity.{name}", *args, "--ready-file", str(ready)],
+        [sys.executable, "-m", "fluidity.agent", *cloud.agent_args(port), *(extra or []),
+         "--ready-file", str(ready)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
-    )
+        start_new_session=True,  # Ctrl-C reaches us only; we stop the agent in order
+    )  # fmt: skip
     assert process.stdout is not None
-    nursery.start_soon(_pump_output, name, process.stdout)
+    nursery.start_soon(_pump_output, "agent", process.stdout)
     with trio.fail_after(START_TIMEOUT):
-        while not await ready_file.exists():
+        # Another process writes the file: polling is the only way to see it.
+        while not await ready.exists():
             if process.poll() is not None:
-                raise SystemExit(f"the {name} exited during start-up (code {process.returncode})")
+                raise SystemExit(f"the agent exited during start-up (code {process.returncode})")
             await trio.sleep(0.05)
-    return process, json.loads(await ready_file.read_text())
+    return process, int(json.loads(await ready.read_text())["listen_port"])
 
 
-async def _stop(process: trio.Process) -> None:
+async def stop_process(process: trio.Process) -> int:
+    """SIGTERM, then SIGKILL after STOP_TIMEOUT; returns the exit code."""
     with trio.CancelScope(shield=True):
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
@@ -61,58 +66,41 @@ async def _stop(process: trio.Process) -> None:
                 await process.wait()
         if process.returncode is None:
             process.kill()
-            await process.wait()
+        code: int = await process.wait()
+    return code
 
 
-async def up(state_dir: Path, port: int) -> None:
+async def up(state_dir: Path, port: int, settings: CloudSettings) -> None:
     """Run until Ctrl-C."""
-    cert_dir = state_dir / "certs"
-    if not (cert_dir / "ca.pem").exists():
-        certs.init_dir(cert_dir)
-        print(f"made certificates in {cert_dir}", flush=True)
-
-    def cert(name: str) -> str:
-        return str(cert_dir / name)
-
-    server_args = [
-        "--listen-host", "127.0.0.1", "--listen-port", "0",
-        "--health-host", "127.0.0.1", "--health-port", "0",
-        "--server-cert", cert("server.pem"), "--server-key", cert("server-key.pem"),
-        "--ca-cert", cert("ca.pem"),
-    ]  # fmt: skip
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            server, info = await _start(nursery, "server", server_args, state_dir / "server.json")
-            agent_args = [
-                "--listen-host", "127.0.0.1", "--listen-port", str(port),
-                "--server-host", "127.0.0.1", "--server-port", str(info["listen_port"]),
-                "--client-cert", cert("client.pem"), "--client-key", cert("client-key.pem"),
-                "--ca-cert", cert("ca.pem"),
-            ]  # fmt: skip
-            try:
-                agent, agent_info = await _start(
-                    nursery, "agent", agent_args, state_dir / "agent.json"
-                )
-                try:
-                    proxy = f"http://127.0.0.1:{agent_info['listen_port']}"
-                    print(
-                        f"\nFluidity is up. Proxy: {proxy}\n"
-                        f"  try:    curl -x {proxy} https://example.com\n"
-                        f"  health: curl {proxy}/healthz\n"
-                        f"Ctrl-C stops it.\n",
-                        flush=True,
-                    )
-                    async for _ in signals:
-                        break
-                    print("stopping...", flush=True)
-                finally:
-                    await _stop(agent)
-            finally:
-                await _stop(server)
+        async with run_local_cloud(settings, state_dir) as cloud, trio.open_nursery() as nursery:
+            for key, value in describe(cloud).items():
+                print(f"  {key}: {value}", flush=True)
+            agent, agent_port = await start_agent(nursery, cloud, port)
+            proxy = f"http://127.0.0.1:{agent_port}"
+            print(
+                f"\nFluidity is up (local cloud). Proxy: {proxy}\n"
+                f"  try:    curl -x {proxy} https://example.com\n"
+                f"  health: curl {proxy}/healthz\n"
+                f"The server sleeps when idle and wakes on the next request. Ctrl-C stops all.\n",
+                flush=True,
+            )
+            async for _ in signals:
+                break
+            print("stopping...", flush=True)
+            code = await stop_process(agent)
+            print(f"agent exited with {code}", flush=True)
+            nursery.cancel_scope.cancel()
     print("stopped", flush=True)
 
 
-def run(state_dir: Path, port: int) -> int:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    trio.run(up, state_dir, port)
+def run(state_dir: Path, port: int, settings: CloudSettings) -> int:
+    import logging
+
+    from fluidity.logs import setup_logging
+
+    setup_logging("info", "text", stream=sys.stdout)
+    # The handlers log every status poll; the scheduler and the agent say what matters.
+    logging.getLogger("fluidity_lambda").addFilter(lambda record: record.levelno > logging.INFO)
+    trio.run(up, state_dir, port, settings)
     return 0

@@ -96,7 +96,9 @@ class ApiGateway:
         """What API Gateway would answer: (status, headers, body)."""
         status, out_headers, payload = await self._answer(method, path, headers, body)
         self.calls.append((method, path, status))
-        log.info("%s %s -> %d", method, path, status)
+        # Status is polled every second or so while a server wakes: keep it out of INFO.
+        level = logging.DEBUG if (path, status) == ("/status", 200) else logging.INFO
+        log.log(level, "%s %s -> %d", method, path, status)
         return status, out_headers, payload
 
     async def _answer(

@@ -109,6 +109,7 @@ class Link:
         self._handshake_done = trio.Event()
         self._closing = trio.Event()
         self._flushed = trio.Event()
+        self._finished = trio.Event()
         self.error: Exception | None = None
         self._last_received = trio.current_time()
         self.bytes_sent = 0
@@ -181,6 +182,9 @@ class Link:
                 await self._slots_lot.park()
         finally:
             self.close(LinkClosed(f"link closed: {reason}"))
+        # Return once the GoAway and the tails of finished streams are written and the
+        # transport is closed, so a caller that cancels the link's owner next loses nothing.
+        await self._finished.wait()
 
     def close(self, error: Exception | None = None) -> None:
         """Close now: fail open streams with `error`, flush what is queued (briefly), end."""
@@ -272,6 +276,7 @@ class Link:
             self._closing.set()
             with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                 await self.transport.aclose()
+            self._finished.set()
         if not started:
             # Raised outside the nursery so the opener sees a plain LinkClosed, not a group.
             raise self.error or LinkClosed("link closed during the handshake")

@@ -1,0 +1,134 @@
+"""The Fargate stand-in: watches the service's desiredCount and runs real server processes.
+
+desiredCount 1 with no task: after `start_delay` (a cold start), start
+`python -m fluidity.server`, report the task PROVISIONING then RUNNING in ECS.
+desiredCount 0 with a task: SIGTERM (the server drains), SIGKILL after `stop_timeout`,
+report the task STOPPED. A server that dies on its own is replaced, as ECS would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import attrs
+import trio
+
+from .aws import LocalAws
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.2
+READY_TIMEOUT = 30.0
+
+
+@attrs.define
+class Task:
+    arn: str
+    process: trio.Process | None = None
+    status: str = "PROVISIONING"
+
+
+@attrs.define
+class FargateStandIn:
+    aws: LocalAws
+    #: `python -m fluidity.server` arguments, without --ready-file (added per task).
+    server_args: list[str]
+    workdir: Path
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    start_delay: float = 2.0
+    stop_timeout: float = 30.0
+    task: Task | None = None
+    #: Counters for people and tests.
+    starts: int = 0
+    stops: int = 0
+    _nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Reconcile until cancelled; stops a running server on the way out."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                while True:
+                    desired = await trio.to_thread.run_sync(self.aws.desired_count)
+                    if desired > 0 and self.task is None:
+                        self.task = Task(await trio.to_thread.run_sync(self.aws.start_task))
+                        nursery.start_soon(self._launch, self.task)
+                    elif desired == 0 and self.task is not None and self.task.status != "STOPPING":
+                        self.task.status = "STOPPING"
+                        nursery.start_soon(self._stop, self.task)
+                    await trio.sleep(POLL_INTERVAL)
+        finally:
+            if self.task is not None and self.task.process is not None:
+                with trio.CancelScope(shield=True):
+                    await self._terminate(self.task.process)
+
+    async def _launch(self, task: Task) -> None:
+        log.info("fargate: task PROVISIONING (cold start %.1f s)", self.start_delay)
+        await trio.sleep(self.start_delay)
+        if task.status != "PROVISIONING":
+            return  # scaled in while starting
+        self.starts += 1
+        ready = trio.Path(self.workdir / f"server-{self.starts}.json")
+        log_path = self.workdir / f"server-{self.starts}.log"
+        with open(log_path, "ab") as output:  # noqa: ASYNC230 - a local file, opened once
+            task.process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "fluidity.server", *self.server_args,
+                 "--ready-file", str(ready)],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env={**_base_env(), **self.env},
+            )  # fmt: skip
+        with trio.move_on_after(READY_TIMEOUT):
+            # Another process writes the file: polling is the only way to see it.
+            while not await ready.exists() and task.process.poll() is None:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        if task.process.poll() is not None or not await ready.exists():
+            log.error("fargate: the server failed to start; see %s", log_path)
+            await self._stopped(task)
+            return
+        info = json.loads(await ready.read_text())
+        task.status = "RUNNING"
+        await trio.to_thread.run_sync(self.aws.set_task_status, task.arn, "RUNNING")
+        log.info("fargate: task RUNNING (server pid %s, port %s)", info["pid"], info["listen_port"])
+        await task.process.wait()
+        if task.status == "RUNNING":
+            log.warning("fargate: the server exited (code %s); ECS will replace it",
+                        task.process.returncode)  # fmt: skip
+            await self._stopped(task)
+
+    async def _stop(self, task: Task) -> None:
+        log.info("fargate: desiredCount is 0: stopping the task")
+        if task.process is not None:
+            await self._terminate(task.process)
+        await self._stopped(task)
+
+    async def _terminate(self, process: trio.Process) -> None:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            with trio.move_on_after(self.stop_timeout):
+                await process.wait()
+        if process.returncode is None:
+            log.warning("fargate: the server did not stop in %.0f s: SIGKILL", self.stop_timeout)
+            process.kill()
+            await process.wait()
+
+    async def _stopped(self, task: Task) -> None:
+        task.status = "STOPPED"
+        self.stops += 1
+        await trio.to_thread.run_sync(self.aws.stop_task, task.arn)
+        if self.task is task:
+            self.task = None
+        log.info("fargate: task STOPPED")
+
+
+def _base_env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("FLUIDITY_")}
