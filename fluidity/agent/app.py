@@ -15,9 +15,9 @@ from fluidity.readyfile import write_ready_file
 from fluidity.tls import client_ssl_context
 from fluidity.tunnel import LinkConfig
 
-from .lifecycle import ControlPlane, ControlPlaneError
+from .lifecycle import Backoff, ControlPlane, ControlPlaneError
 from .proxy import Proxy, ProxySettings
-from .tunnel_client import Backoff, Lifecycle, TunnelClient
+from .tunnel_client import Lifecycle, TunnelClient
 
 log = logging.getLogger("fluidity.agent")
 

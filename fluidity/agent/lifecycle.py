@@ -21,6 +21,18 @@ log = logging.getLogger(__name__)
 CALL_TIMEOUT = 30.0
 
 
+@attrs.frozen
+class Backoff:
+    """Exponential backoff with full jitter (AWS architecture blog style), capped."""
+
+    minimum: float = 0.5
+    maximum: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        ceiling = min(self.maximum, self.minimum * 2 ** max(0, attempt))
+        return random.uniform(self.minimum, max(self.minimum, ceiling))
+
+
 class ControlPlaneError(Exception):
     """The control plane refused us or kept failing; the message says what to do."""
 
@@ -72,8 +84,7 @@ class ControlPlane:
         self.api_url = api_url.rstrip("/")
         self._key = api_key
         self.attempts = attempts
-        self.min_delay = min_delay
-        self.max_delay = max_delay
+        self._backoff = Backoff(min_delay, max_delay)
         self.call_timeout = call_timeout
         self._transport = transport
 
@@ -93,8 +104,7 @@ class ControlPlane:
         async with self._client() as client:
             for attempt in range(self.attempts):
                 if attempt:
-                    ceiling = min(self.max_delay, self.min_delay * 2**attempt)
-                    delay = random.uniform(self.min_delay, ceiling)
+                    delay = self._backoff.delay(attempt)
                     log.info("%s %s failed (%s); retrying in %.1f s", method, path, last, delay)
                     await trio.sleep(delay)
                 try:

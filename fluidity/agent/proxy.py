@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import h11
@@ -38,6 +38,8 @@ from .tunnel_client import TunnelClient, TunnelUnavailable
 from .websocket import relay_websocket, websocket_accept_headers
 
 log = logging.getLogger(__name__)
+
+Ack = TypeVar("Ack", ConnectAck, WebSocketAck)
 
 READ_SIZE = 64 * 1024
 MAX_HEAD_SIZE = 64 * 1024
@@ -361,6 +363,21 @@ class ClientConnection:
         log.warning("request failed: %s", reason)
         await self._send_simple(502, reason)
 
+    async def _accepted(self, stream: TunnelStream, kind: type[Ack]) -> Ack | None:
+        """The server's acceptance of a CONNECT or WebSocket stream; None once the client
+        has been told why not (the origin's status, or 502 for a failed tunnel)."""
+        try:
+            ack = await stream.wait_reply()
+        except (LinkClosed, StreamReset) as exc:
+            await self._tunnel_failed(exc)
+            return None
+        assert isinstance(ack, kind)
+        if ack.success:
+            return ack
+        status = ack.status if 400 <= ack.status < 600 else 502
+        await self._send_simple(status, ack.error or f"the server refused ({ack.status})")
+        return None
+
     # -- CONNECT ----------------------------------------------------------------------------
 
     async def _connect(self, request: h11.Request) -> None:
@@ -368,15 +385,8 @@ class ClientConnection:
         stream = await self._open(Connect(0, host, port))
         log.info("CONNECT %s:%d", host, port)
         async with stream:
-            try:
-                ack = await stream.wait_reply()
-            except (LinkClosed, StreamReset) as exc:
-                await self._tunnel_failed(exc)
-                return
-            assert isinstance(ack, ConnectAck)
-            if not ack.success:
-                status = ack.status if 400 <= ack.status < 600 else 502
-                await self._send_simple(status, ack.error or "CONNECT failed")
+            ack = await self._accepted(stream, ConnectAck)
+            if ack is None:
                 return
             await self._send(
                 h11.Response(status_code=200, headers=[], reason=b"Connection Established")
@@ -432,17 +442,10 @@ class ClientConnection:
         stream = await self._open(head)
         log.info("WebSocket %s://%s", target.scheme, target.authority.decode())
         async with stream:
-            try:
-                ack = await stream.wait_reply()
-            except (LinkClosed, StreamReset) as exc:
-                await self._tunnel_failed(exc)
+            ws_ack = await self._accepted(stream, WebSocketAck)
+            if ws_ack is None:
                 return
-            assert isinstance(ack, WebSocketAck)
-            if not ack.success:
-                status = ack.status if 400 <= ack.status < 600 else 502
-                await self._send_simple(status, ack.error or "WebSocket failed")
-                return
-            subprotocol = ack.subprotocol
+            subprotocol = ws_ack.subprotocol
             await self._send(
                 h11.InformationalResponse(
                     status_code=101,

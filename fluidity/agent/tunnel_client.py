@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import ssl
 import time
 
@@ -18,7 +17,7 @@ import trio
 from fluidity.protocol import Role
 from fluidity.tunnel import Link, LinkClosed, LinkConfig, open_link
 
-from .lifecycle import AuthError, ControlPlane, ControlPlaneError
+from .lifecycle import AuthError, Backoff, ControlPlane, ControlPlaneError
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +33,6 @@ class Lifecycle:
     control: ControlPlane
     connection_timeout: float = 300.0
     retry_interval: float = 5.0
-
-
-@attrs.frozen
-class Backoff:
-    """Exponential backoff with full jitter (AWS architecture blog style), capped."""
-
-    minimum: float = 0.5
-    maximum: float = 30.0
-
-    def delay(self, attempt: int) -> float:
-        ceiling = min(self.maximum, self.minimum * 2 ** max(0, attempt))
-        return random.uniform(self.minimum, max(self.minimum, ceiling))
 
 
 class TunnelClient:

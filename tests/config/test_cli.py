@@ -11,6 +11,7 @@ import attrs
 import pytest
 from click.testing import CliRunner
 
+from fluidity import runcli
 from fluidity.agent import cli as agent_cli
 from fluidity.config import AgentConfig, ServerConfig
 from fluidity.server import cli as server_cli
@@ -48,8 +49,7 @@ def fake_app(monkeypatch: pytest.MonkeyPatch, module: str, code: int) -> list[ob
 @pytest.fixture
 def no_logging_setup(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     calls: list[tuple[str, str]] = []
-    for cli in (agent_cli, server_cli):
-        monkeypatch.setattr(cli, "setup_logging", lambda level, fmt: calls.append((level, fmt)))
+    monkeypatch.setattr(runcli, "setup_logging", lambda level, fmt: calls.append((level, fmt)))
     return calls
 
 
