@@ -76,8 +76,12 @@ async def test_connect_failures_are_502_with_a_reason(tunnel: Tunnel) -> None:
     stream, head = await open_connect(tunnel, "nosuchhost.test:443")
     async with stream:
         assert head.startswith(b"HTTP/1.1 502 ")
+        # A 5xx closes the connection: read the rest of the answer up to that.
+        with trio.fail_after(10):
+            while chunk := await stream.receive_some(4096):
+                head += chunk
     body = head.split(b"\r\n\r\n", 1)[1]
-    assert b"nosuchhost.test" in body or b"resolve" in body
+    assert b"could not resolve host nosuchhost.test" in body
 
 
 async def test_websocket_echo_through_the_tunnel(tunnel: Tunnel) -> None:
