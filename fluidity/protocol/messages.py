@@ -108,7 +108,7 @@ class Message:
     __slots__ = ()
 
     def to_wire(self) -> list[Any]:
-        raise NotImplementedError  # pragma: no cover - every subclass overrides
+        raise TypeError(f"{type(self).__name__} defines no wire form")  # pragma: no cover
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Message:
