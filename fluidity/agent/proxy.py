@@ -396,8 +396,8 @@ class ClientConnection:
                 if trailing:
                     await stream.send_all(trailing)
                 await self._relay_bytes(stream)
-            except (LinkClosed, StreamReset) as exc:
-                log.info("tunnel to %s:%d ended: %s", host, port, exc)
+            except* (LinkClosed, StreamReset) as group:  # the relay's nursery wraps them
+                log.info("tunnel to %s:%d ended: %s", host, port, group.exceptions[0])
 
     async def _relay_bytes(self, stream: TunnelStream) -> None:
         client = self.client
@@ -456,8 +456,8 @@ class ClientConnection:
             trailing, _ = self.h11.trailing_data
             try:
                 await relay_websocket(self.client, stream, trailing, self._send_lock)
-            except (TunnelError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                log.info("WebSocket relay ended: %s", exc)
+            except* (TunnelError, trio.BrokenResourceError, trio.ClosedResourceError) as group:
+                log.info("WebSocket relay ended: %s", group.exceptions[0])
 
 
 def _phrase(status: int) -> bytes:

@@ -53,9 +53,13 @@ class LocalAws:
     def start(self) -> str:
         """Start moto on a free loopback port; returns its endpoint URL."""
         from moto.moto_api import state_manager
+        from moto.moto_api._internal.models import moto_api_backend
         from moto.server import ThreadedMotoServer
 
         os.environ.update(FAKE_CREDENTIALS)  # read by moto itself when it starts
+        # moto's backends are global to the process: without this, a second local cloud in
+        # the same process (tests) would see the first one's tasks, tags and metrics.
+        moto_api_backend.reset()
         # moto walks tasks from RUNNING to STOPPED as they are described; here only the
         # Fargate stand-in moves them, as the real processes start and stop.
         state_manager.set_transition("ecs::task", {"progression": "manual", "times": 10**12})

@@ -33,6 +33,11 @@ class Task:
     process: trio.Process | None = None
     status: str = "PROVISIONING"
 
+    @property
+    def stopping(self) -> bool:
+        """Being stopped, or stopped and still being reported to ECS: not to stop again."""
+        return self.status in {"STOPPING", "STOPPED"}
+
 
 @attrs.define
 class FargateStandIn:
@@ -60,7 +65,7 @@ class FargateStandIn:
                     if desired > 0 and self.task is None:
                         self.task = Task(await trio.to_thread.run_sync(self.aws.start_task))
                         nursery.start_soon(self._launch, self.task)
-                    elif desired == 0 and self.task is not None and self.task.status != "STOPPING":
+                    elif desired == 0 and self.task is not None and not self.task.stopping:
                         self.task.status = "STOPPING"
                         nursery.start_soon(self._stop, self.task)
                     await trio.sleep(POLL_INTERVAL)
@@ -120,6 +125,8 @@ class FargateStandIn:
             await process.wait()
 
     async def _stopped(self, task: Task) -> None:
+        if task.status == "STOPPED":
+            return  # a stop and a failed start can both end here: report it once
         task.status = "STOPPED"
         self.stops += 1
         await trio.to_thread.run_sync(self.aws.stop_task, task.arn)
