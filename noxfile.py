@@ -1,10 +1,10 @@
-"""Developer sessions. Plain `nox` runs what CI runs: lint and tests."""
+"""Developer sessions. Plain `nox` runs what CI runs: lint, tests and e2e."""
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "tests", "e2e"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
@@ -32,8 +32,21 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def e2e(session: nox.Session) -> None:
+    """End-to-end scenarios against the local cloud (tests/e2e); extra arguments go to pytest.
+
+    Each test runs a fresh local cloud (moto, the API Gateway, Scheduler and Fargate stand-ins
+    with the real Lambda handlers) and real agent and server processes, all on loopback.
+    Plain `pytest` (the tests session) leaves tests/e2e out; see norecursedirs in
+    pyproject.toml.
+    """
+    install(session)
+    session.run("pytest", "tests/e2e", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def local(session: nox.Session) -> None:
-    """Run a server and an agent on this machine; the proxy listens on 127.0.0.1:8080."""
+    """The local cloud and an agent on this machine; the proxy listens on 127.0.0.1:8080."""
     install(session)
     session.run("fluidity", "local", "up", *session.posargs)
 

@@ -15,7 +15,7 @@ from fluidity.readyfile import write_ready_file
 from fluidity.tls import client_ssl_context
 from fluidity.tunnel import LinkConfig
 
-from .lifecycle import Backoff, ControlPlane, ControlPlaneError
+from .lifecycle import AuthError, Backoff, ControlPlane, ControlPlaneError
 from .proxy import Proxy, ProxySettings
 from .tunnel_client import Lifecycle, TunnelClient
 
@@ -83,6 +83,26 @@ async def serve(
         ProxySettings(proxy_auth=config.proxy_auth, request_wait_timeout=request_wait),
         health=lambda: health(tunnel, proxy),
     )
+    try:
+        await _serve(config, tunnel, proxy, task_status)
+    except* AuthError:
+        raise  # the key is wrong: kill would be refused too
+    except* ControlPlaneError:
+        # Gave up at start: a server woken for nothing should not run until Sleep stops it.
+        if lifecycle is not None and config.kill_on_exit:
+            await _kill(lifecycle.control)
+        raise
+    if lifecycle is not None and config.kill_on_exit:
+        await _kill(lifecycle.control)
+    log.info("agent stopped")
+
+
+async def _serve(
+    config: AgentConfig,
+    tunnel: TunnelClient,
+    proxy: Proxy,
+    task_status: trio.TaskStatus[None],
+) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(tunnel.run)
@@ -119,9 +139,6 @@ async def serve(
             with trio.move_on_after(2.0):
                 await tunnel.drain()
             nursery.cancel_scope.cancel()
-    if lifecycle is not None and config.kill_on_exit:
-        await _kill(lifecycle.control)
-    log.info("agent stopped")
 
 
 async def _kill(control: ControlPlane) -> None:

@@ -22,7 +22,7 @@ from wsproto.events import (
 from wsproto.utilities import generate_accept_token
 
 from fluidity.protocol import WebSocketClose
-from fluidity.tunnel import TunnelStream
+from fluidity.tunnel import TunnelError, TunnelStream
 
 READ_SIZE = 64 * 1024
 #: Close codes that may not appear in a close frame; replaced when relaying.
@@ -79,7 +79,14 @@ async def relay_websocket(
     async def tunnel_to_client() -> None:
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         while True:
-            message = await stream.receive_ws()
+            try:
+                message = await stream.receive_ws()
+            except TunnelError:
+                if ws.state is ConnectionState.OPEN:  # tell the client, not just drop it
+                    await to_client(
+                        ws.send(CloseConnection(1011, "the tunnel to the server failed"))
+                    )
+                raise
             if message is None:
                 message = WebSocketClose(stream.stream_id, 1011, "tunnel stream ended")
             if isinstance(message, WebSocketClose):

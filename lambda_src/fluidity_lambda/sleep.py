@@ -124,7 +124,7 @@ def decide(activity: Activity, at: float, threshold_minutes: float) -> tuple[boo
         return False, f"{active:g} active connections (highest per-minute average) {window}"
     if last is None:
         return True, f"no active connections and no {LAST_ACTIVITY} datapoints {window}"
-    idle = at - last
+    idle = max(0.0, at - last)  # a datapoint newer than this check's clock is 0 s old
     if idle < threshold:
         return False, f"last activity {idle:.0f} s ago, under the {threshold:g} s idle threshold"
     return True, f"no active connections, last activity {idle:.0f} s ago (>= {threshold:g} s)"
