@@ -256,9 +256,11 @@ async def test_daily_kill_stops_a_busy_server_and_the_agent_recovers(
             assert result["action"] == "killed"
             assert result["state"] == "stopping"
             assert await desired_count(cloud) == 0
-            # The server drains (GoAway); its shutdown grace then ends the open WebSocket.
-            with trio.fail_after(20), pytest.raises((ConnectionError, trio.BrokenResourceError)):
+            # The server drains (GoAway); its shutdown grace then ends the open WebSocket, and
+            # the agent closes the client's side with 1011 rather than dropping it.
+            with trio.fail_after(20), pytest.raises(ConnectionError):
                 await _receive_until_closed(ws)
+            assert ws.close_code == 1011
         with trio.fail_after(20):
             assert await server.wait() == 0
             await until(lambda: cloud.fargate.task is None)
