@@ -71,6 +71,7 @@ class FargateStandIn:
                     await trio.sleep(POLL_INTERVAL)
         finally:
             if self.task is not None and self.task.process is not None:
+                self.task.status = "STOPPING"  # the cloud is going away: not a crash
                 with trio.CancelScope(shield=True):
                     await self._terminate(self.task.process)
 
@@ -89,6 +90,7 @@ class FargateStandIn:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 env={**_base_env(), **self.env},
+                start_new_session=True,  # a Ctrl-C meant for the cloud is not ECS stopping it
             )  # fmt: skip
         with trio.move_on_after(READY_TIMEOUT):
             # Another process writes the file: polling is the only way to see it.
