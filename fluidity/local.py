@@ -8,7 +8,6 @@ wakes it again, as on AWS, with minutes running as seconds by default. Ctrl-C st
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -16,7 +15,9 @@ from pathlib import Path
 
 import trio
 
+from fluidity import processes
 from fluidity.localcloud.cloud import CloudSettings, LocalCloud, describe, run_local_cloud
+from fluidity.processes import wait_ready_file
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
@@ -49,25 +50,15 @@ async def start_agent(
     assert process.stdout is not None
     nursery.start_soon(_pump_output, "agent", process.stdout)
     with trio.fail_after(START_TIMEOUT):
-        # Another process writes the file: polling is the only way to see it.
-        while not await ready.exists():
-            if process.poll() is not None:
-                raise SystemExit(f"the agent exited during start-up (code {process.returncode})")
-            await trio.sleep(0.05)
-    return process, int(json.loads(await ready.read_text())["listen_port"])
+        info = await wait_ready_file(cloud.workdir / "agent.json", process)
+    if info is None:
+        raise SystemExit(f"the agent exited during start-up (code {process.returncode})")
+    return process, int(info["listen_port"])
 
 
 async def stop_process(process: trio.Process) -> int:
-    """SIGTERM, then SIGKILL after STOP_TIMEOUT; returns the exit code."""
-    with trio.CancelScope(shield=True):
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            with trio.move_on_after(STOP_TIMEOUT):
-                await process.wait()
-        if process.returncode is None:
-            process.kill()
-        code: int = await process.wait()
-    return code
+    """Stop a process we started (SIGTERM, SIGKILL after STOP_TIMEOUT); its exit code."""
+    return await processes.stop_process(process, STOP_TIMEOUT)
 
 
 async def up(state_dir: Path, port: int, settings: CloudSettings) -> None:

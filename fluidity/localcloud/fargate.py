@@ -8,7 +8,6 @@ report the task STOPPED. A server that dies on its own is replaced, as ECS would
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import subprocess
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import attrs
 import trio
+
+from fluidity.processes import stop_process, wait_ready_file
 
 from .aws import LocalAws
 
@@ -81,7 +82,7 @@ class FargateStandIn:
         if task.status != "PROVISIONING":
             return  # scaled in while starting
         self.starts += 1
-        ready = trio.Path(self.workdir / f"server-{self.starts}.json")
+        ready = self.workdir / f"server-{self.starts}.json"
         log_path = self.workdir / f"server-{self.starts}.log"
         with open(log_path, "ab") as output:  # noqa: ASYNC230 - a local file, opened once
             task.process = await trio.lowlevel.open_process(
@@ -92,15 +93,13 @@ class FargateStandIn:
                 env={**_base_env(), **self.env},
                 start_new_session=True,  # a Ctrl-C meant for the cloud is not ECS stopping it
             )  # fmt: skip
+        info = None
         with trio.move_on_after(READY_TIMEOUT):
-            # Another process writes the file: polling is the only way to see it.
-            while not await ready.exists() and task.process.poll() is None:  # noqa: ASYNC110
-                await trio.sleep(0.05)
-        if task.process.poll() is not None or not await ready.exists():
+            info = await wait_ready_file(ready, task.process)
+        if info is None:
             log.error("fargate: the server failed to start; see %s", log_path)
             await self._stopped(task)
             return
-        info = json.loads(await ready.read_text())
         task.status = "RUNNING"
         await trio.to_thread.run_sync(self.aws.set_task_status, task.arn, "RUNNING")
         log.info("fargate: task RUNNING (server pid %s, port %s)", info["pid"], info["listen_port"])
@@ -117,14 +116,9 @@ class FargateStandIn:
         await self._stopped(task)
 
     async def _terminate(self, process: trio.Process) -> None:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            with trio.move_on_after(self.stop_timeout):
-                await process.wait()
-        if process.returncode is None:
-            log.warning("fargate: the server did not stop in %.0f s: SIGKILL", self.stop_timeout)
-            process.kill()
-            await process.wait()
+        code = await stop_process(process, self.stop_timeout)
+        if code == -signal.SIGKILL:
+            log.warning("fargate: the server did not stop in %.0f s: killed", self.stop_timeout)
 
     async def _stopped(self, task: Task) -> None:
         if task.status == "STOPPED":

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -22,11 +18,11 @@ from click.testing import CliRunner, Result
 
 from fluidity import certs
 from fluidity.cli import main
+from tests.support.motoserver import moto_server
 
 REPO = Path(__file__).resolve().parents[2]
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
-START_TIMEOUT = 20.0
 
 _AWS_VARIABLES = (
     "AWS_PROFILE",
@@ -56,13 +52,6 @@ def _fake_aws_environment(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @attrs.frozen
 class Emulator:
     """A running moto server: its endpoint, and clients pointed at it."""
@@ -81,37 +70,10 @@ class Emulator:
 @pytest.fixture(scope="session")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
     """moto_server (with the gaps in moto_shim.py filled) on a free loopback port."""
-    port = _free_port()
     env = _fake_aws_environment(dict(os.environ))
-    # A file, not a pipe: the server logs every request, and a full pipe would stall it.
     log_path = tmp_path_factory.mktemp("moto") / "moto.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tests.deploy.moto_shim", "-H", "127.0.0.1", "-p", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=1):
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto server did not start:\n{log_path.read_text()[-4000:]}")
-                time.sleep(0.05)
+    with moto_server(log_path, env, module="tests.deploy.moto_shim", cwd=REPO) as url:
         yield Emulator(url)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture

@@ -143,6 +143,16 @@ async def running_agent(cloud: LocalCloud, *extra: str) -> AsyncIterator[Agent]:
             await stop_process(process)
 
 
+async def server_process(cloud: LocalCloud, agent: Agent) -> trio.Process:
+    """Wait for the agent's tunnel to come up; the server process it reaches."""
+    with trio.fail_after(30):
+        await agent.wait_tunnel("up")
+    assert cloud.fargate.task is not None
+    server = cloud.fargate.task.process
+    assert server is not None
+    return server
+
+
 @attrs.define
 class LoggedAgent:
     """An agent whose output goes to a file, for tests that read what it says."""

@@ -16,6 +16,7 @@ from .conftest import (
     logged_agent,
     proxy_client,
     running_agent,
+    server_process,
     statuses,
     until,
 )
@@ -90,11 +91,7 @@ async def test_a_server_killed_mid_download_is_replaced(
         tcp_echo_origin() as echo,
         running_agent(cloud) as agent,
     ):
-        with trio.fail_after(30):
-            await agent.wait_tunnel("up")
-        assert cloud.fargate.task is not None
-        server = cloud.fargate.task.process
-        assert server is not None
+        server = await server_process(cloud, agent)
         # A CONNECT tunnel open at the same time, to see that it ends too.
         tunnel = await trio.open_tcp_stream("127.0.0.1", agent.port)
         async with tunnel:

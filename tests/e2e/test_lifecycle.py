@@ -27,6 +27,7 @@ from .conftest import (
     metric_names,
     proxy_client,
     running_agent,
+    server_process,
     statuses,
     until,
 )
@@ -241,11 +242,7 @@ async def test_daily_kill_stops_a_busy_server_and_the_agent_recovers(
         websocket_origin() as ws_origin,
         running_agent(cloud) as agent,
     ):
-        with trio.fail_after(30):
-            await agent.wait_tunnel("up")
-        assert cloud.fargate.task is not None
-        server = cloud.fargate.task.process
-        assert server is not None
+        server = await server_process(cloud, agent)
         url = f"ws://origin.test:{ws_origin.port}/"
         async with proxied_websocket(agent.port, url) as ws:
             await ws.send("busy")

@@ -8,7 +8,6 @@ import ipaddress
 import itertools
 import logging
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -16,7 +15,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +38,7 @@ from fluidity.server.metrics import (
     make_client,
     retry_delay,
 )
+from tests.support.motoserver import moto_server
 from tests.support.processes import make_pki, server_args
 
 REGION = "us-east-1"
@@ -110,45 +109,8 @@ def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `moto_server` process on a free loopback port; yields its URL."""
     log_path = tmp_path_factory.mktemp("moto") / "moto_server.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    try:
-        yield _wait_for_moto(process, log_path)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_for_moto(process: subprocess.Popen[bytes], log_path: Path) -> str:
-    """The URL moto_server prints once bound to port 0, after it has answered a request."""
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"moto_server exited:\n{log_path.read_text(errors='replace')}")
-        found = re.search(r"Running on http://127\.0\.0\.1:(\d+)", log_path.read_text("latin-1"))
-        if found:
-            port = int(found.group(1))
-            connection = HTTPConnection("127.0.0.1", port, timeout=2)
-            try:
-                connection.request("GET", "/moto-api/")
-                connection.getresponse().read()
-                return f"http://127.0.0.1:{port}"
-            except OSError:
-                pass
-            finally:
-                connection.close()
-        time.sleep(0.05)
-    raise RuntimeError(f"moto_server did not start:\n{log_path.read_text(errors='replace')}")
+    with moto_server(log_path, os.environ) as url:
+        yield url
 
 
 def _settings(endpoint: str, **changes: Any) -> MetricsSettings:

@@ -6,9 +6,7 @@ goes to a log file the test can read (and that is printed when a test fails).
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -18,6 +16,8 @@ from typing import Any
 
 import attrs
 import trio
+
+from fluidity.processes import stop_process, wait_ready_file
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
@@ -101,21 +101,13 @@ async def run_fluidity(
     try:
         if wait_ready:
             with trio.fail_after(START_TIMEOUT):
-                while not ready.exists():
-                    if process.returncode is not None or process.poll() is not None:
-                        raise RuntimeError(f"{name} exited early:\n{running.log()}")
-                    await trio.sleep(0.02)
-            running.info = json.loads(ready.read_text())
+                info = await wait_ready_file(ready, process)
+            if info is None:
+                raise RuntimeError(f"{name} exited early:\n{running.log()}")
+            running.info = info
         yield running
     finally:
-        with trio.CancelScope(shield=True):
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-                with trio.move_on_after(STOP_TIMEOUT):
-                    await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+        await stop_process(process, STOP_TIMEOUT)
 
 
 def server_args(pki: Pki, *extra: str) -> list[str]:
