@@ -116,6 +116,9 @@ class Proxy:
 
     async def link(self) -> Link:
         """The tunnel link, waiting (bounded) while it is down."""
+        link = self.tunnel.link
+        if link is not None and link.is_open and not link.draining:
+            return link  # the usual case: no timeout scope needed
         with trio.move_on_after(self.settings.request_wait_timeout):
             return await self.tunnel.wait_link()
         reason = self.tunnel.last_error or "still connecting"
@@ -154,6 +157,11 @@ class ClientConnection:
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise _ClientGone("client connection lost") from exc
             self.h11.receive_data(bytes(data))
+
+    def _encode(self, event: h11.Event) -> bytes:
+        data = self.h11.send(event)
+        assert data is not None  # only ConnectionClosed encodes to None
+        return data
 
     async def _send(self, event: h11.Event) -> None:
         data = self.h11.send(event)
@@ -222,23 +230,29 @@ class ClientConnection:
             log.debug("client connection ended: %s", exc)
 
     async def _next_request(self, settings: ProxySettings) -> h11.Request | None:
-        """Wait for the next request head; None when the client is done or went idle."""
-        self.idle_scope = trio.CancelScope()
+        """Wait for the next request head; None when the client is done or went idle.
+
+        One cancel scope serves both waits: the idle timeout until the first byte, then the
+        head timeout; `begin_shutdown` cancels it to close idle connections.
+        """
         if self.proxy.shutting_down:
             return None
-        with self.idle_scope:
-            with trio.move_on_after(settings.idle_timeout):
-                first = await self.client.receive_some(READ_SIZE) if self._need_data() else None
-                if first is not None:
-                    if not first:
-                        return None
-                    self.h11.receive_data(bytes(first))
-                with trio.fail_after(settings.head_timeout):
-                    event = await self._receive_event()
-                if isinstance(event, h11.Request):
-                    return event
-                return None
-        if self.idle_scope.cancelled_caught or self.h11.their_state is h11.IDLE:
+        scope = self.idle_scope = trio.CancelScope(
+            deadline=trio.current_time() + settings.idle_timeout
+        )
+        with scope:
+            if self._need_data():
+                try:
+                    first = await self.client.receive_some(READ_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return None
+                if not first:
+                    return None
+                self.h11.receive_data(bytes(first))
+            scope.deadline = trio.current_time() + settings.head_timeout
+            event = await self._receive_event()
+            return event if isinstance(event, h11.Request) else None
+        if self.proxy.shutting_down or not self.h11.trailing_data[0]:
             return None
         raise h11.RemoteProtocolError("request head not received in time", 408)
 
@@ -317,24 +331,49 @@ class ClientConnection:
         log.info("%s %s://%s", request.method.decode(), target.scheme, target.authority.decode())
         async with stream:
             try:
-                async with trio.open_nursery() as nursery:
-                    if body:
+                if body:
+                    async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._pump_body, stream)
-                    reply = await stream.wait_reply()
-                    assert isinstance(reply, Response)
-                    await self._send(
-                        h11.Response(
-                            status_code=reply.status,
-                            reason=reply.reason,
-                            headers=hdr.response_headers(reply.headers),
-                        )
-                    )
-                    while data := await stream.receive_some():
-                        await self._send(h11.Data(data=data))
-                    await self._send(h11.EndOfMessage())
-                    nursery.cancel_scope.cancel()
+                        await self._relay_response(stream)
+                        nursery.cancel_scope.cancel()
+                else:
+                    await self._relay_response(stream)
             except* (LinkClosed, StreamReset) as group:
                 await self._tunnel_failed(group.exceptions[0])
+
+    async def _relay_response(self, stream: TunnelStream) -> None:
+        """The response, tunnel -> client: the head and whatever body bytes came with it go
+        out in one write, later bytes as they arrive."""
+        reply = await stream.wait_reply()
+        assert isinstance(reply, Response)
+        pending = [
+            self._encode(
+                h11.Response(
+                    status_code=reply.status,
+                    reason=reply.reason,
+                    headers=hdr.response_headers(reply.headers),
+                )
+            )
+        ]
+        size = 0
+        while True:
+            data = stream.receive_nowait()
+            if data is None:
+                if pending:
+                    await self._send_raw(b"".join(pending))
+                    pending.clear()
+                    size = 0
+                data = await stream.receive_some()
+            if not data:
+                break
+            pending.append(self._encode(h11.Data(data=data)))
+            size += len(data)
+            if size >= READ_SIZE:
+                await self._send_raw(b"".join(pending))
+                pending.clear()
+                size = 0
+        pending.append(self._encode(h11.EndOfMessage()))
+        await self._send_raw(b"".join(pending))
 
     async def _pump_body(self, stream: TunnelStream) -> None:
         """Request body: client -> tunnel, answering Expect: 100-continue first."""
@@ -422,7 +461,7 @@ class ClientConnection:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(client_to_tunnel)
-                nursery.start_soon(tunnel_to_client)
+                await tunnel_to_client()
         except* (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 

@@ -55,8 +55,10 @@ class StreamHandler:
                 )
                 return
             try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_cancel_when_failed, stream, nursery.cancel_scope)
+                # A request waiting for a slow origin, or a tunnel the agent half-closed,
+                # reads nothing from the stream and would never notice it went away.
+                with trio.CancelScope() as scope:
+                    stream.cancel_on_failure(scope)
                     if stream.kind is StreamKind.REQUEST:
                         await serve_request(stream, self.client, self.activity)
                     else:
@@ -66,19 +68,8 @@ class StreamHandler:
                             connect_timeout=self.connect_timeout,
                             activity=self.activity,
                         )
-                    nursery.cancel_scope.cancel()
             except* (StreamReset, LinkClosed):
                 pass  # the agent's side is gone; the upstream side was closed on the way out
-
-
-async def _cancel_when_failed(stream: TunnelStream, scope: trio.CancelScope) -> None:
-    """Cancel the stream's work once it is reset or its link closes.
-
-    A request waiting for a slow origin, or a tunnel the agent half-closed, reads nothing
-    from the stream and would never notice otherwise.
-    """
-    await stream.wait_failed()
-    scope.cancel()
 
 
 @asynccontextmanager

@@ -78,4 +78,4 @@ async def relay(stream: TunnelStream, sock: trio.SocketStream, activity: Activit
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(tunnel_to_socket, nursery.cancel_scope)
-        nursery.start_soon(socket_to_tunnel, nursery.cancel_scope)
+        await socket_to_tunnel(nursery.cancel_scope)

@@ -147,23 +147,26 @@ class Link:
 
         Waits (up to `open_timeout`) while the peer's stream limit is reached.
         """
-        with trio.move_on_after(self.config.open_timeout):
-            while not self.conn.can_open_stream():
+        if not self.conn.can_open_stream():
+            with trio.move_on_after(self.config.open_timeout):
+                while not self.conn.can_open_stream():
+                    self._check_open()
+                    if self.draining:
+                        raise LinkClosed("the link is draining (GoAway); open a new link")
+                    await self._slots_lot.park()
+            if not self.conn.can_open_stream():
                 self._check_open()
-                if self.draining:
-                    raise LinkClosed("the link is draining (GoAway); open a new link")
-                await self._slots_lot.park()
-            self._check_open()
-            head = attrs.evolve(head, stream_id=self.conn.next_stream_id())
-            stream = TunnelStream(self, head, _KINDS[type(head)])
-            if isinstance(head, Request) and head.end_stream:
-                stream._local_ended = True
-            self.streams[head.stream_id] = stream
-            self._enqueue(stream, head, 0)
-            self._unsent_heads.add(head.stream_id)
-            await trio.lowlevel.checkpoint()
-            return stream
-        raise LinkClosed(f"no free stream slot within {self.config.open_timeout} s")
+                raise LinkClosed(f"no free stream slot within {self.config.open_timeout} s")
+        self._check_open()
+        head = attrs.evolve(head, stream_id=self.conn.next_stream_id())
+        stream = TunnelStream(self, head, _KINDS[type(head)])
+        if isinstance(head, Request) and head.end_stream:
+            stream._local_ended = True
+        self.streams[head.stream_id] = stream
+        self._enqueue(stream, head, 0)
+        self._unsent_heads.add(head.stream_id)
+        await trio.lowlevel.checkpoint()
+        return stream
 
     async def wait_closed(self) -> None:
         await self._closing.wait()

@@ -57,7 +57,7 @@ class TunnelStream:
         self._error: Exception | None = None
         self._receive_lot = trio.lowlevel.ParkingLot()
         self._send_lot = trio.lowlevel.ParkingLot()
-        self._failed_lot = trio.lowlevel.ParkingLot()
+        self._cancel_on_failure: trio.CancelScope | None = None
 
     def __repr__(self) -> str:
         return f"<TunnelStream {self.stream_id} {self.kind.value}>"
@@ -86,7 +86,8 @@ class TunnelStream:
             self._error = error
         self._receive_lot.unpark_all()
         self._send_lot.unpark_all()
-        self._failed_lot.unpark_all()
+        if self._cancel_on_failure is not None:
+            self._cancel_on_failure.cancel()
 
     def _wake_senders(self) -> None:
         self._send_lot.unpark_all()
@@ -95,15 +96,15 @@ class TunnelStream:
     def error(self) -> Exception | None:
         return self._error
 
-    async def wait_failed(self) -> Exception:
-        """Wait until the stream is reset or its link closes; returns why.
+    def cancel_on_failure(self, scope: trio.CancelScope) -> None:
+        """Cancel `scope` once the stream is reset or its link closes (at once if it has).
 
-        For work that reads nothing from the stream for a while (a slow origin, a tunnel
-        the peer half-closed) and must still stop when the stream goes away.
+        Work that reads nothing from the stream for a while (a slow origin, a tunnel the
+        peer half-closed) still stops when the stream goes away; no task waits for it.
         """
-        while self._error is None:
-            await self._failed_lot.park()
-        return self._error
+        self._cancel_on_failure = scope
+        if self._error is not None:
+            scope.cancel()
 
     # -- replies --------------------------------------------------------------------------
 
@@ -234,6 +235,30 @@ class TunnelStream:
             return b""
         return data
 
+    def receive_nowait(self) -> bytes | None:
+        """What `receive_some()` would return without waiting, or None if it would wait.
+
+        Lets a relay gather a response head and the body bytes that arrived with it into
+        one write to its client.
+        """
+        if self._partial is not None:
+            data = bytes(self._partial)
+            self._partial = None
+        elif self._inbox:
+            message = self._inbox[0]
+            if not isinstance(message, Data):
+                return None
+            self._inbox.popleft()
+            data = message.data
+        elif self._remote_ended:
+            return b""
+        elif self._error is not None:
+            raise self._error
+        else:
+            return None
+        self._consumed(len(data))
+        return data
+
     async def receive_ws(self) -> WebSocketMessage | WebSocketClose | None:
         """Next WebSocket fragment or close; None if the stream ended without a close."""
         message = await self._next_inbound()
@@ -269,6 +294,8 @@ class TunnelStream:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        if self._local_ended and self._remote_ended:
+            return  # the common case: nothing to reset, no checkpoint needed
         with trio.CancelScope(shield=True):
             await self.aclose()
 

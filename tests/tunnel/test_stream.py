@@ -349,26 +349,52 @@ async def test_server_reset_reaches_the_agent_receive_and_send(autojump_clock: M
             assert server.statistics().open_streams == 0
 
 
-async def test_wait_failed_notices_a_reset_while_nothing_is_read(
+async def test_cancel_on_failure_stops_work_that_reads_nothing(
     autojump_clock: MockClock,
 ) -> None:
     """A handler busy elsewhere (a slow origin) learns the agent gave up on its stream."""
-    noticed: list[Exception] = []
+    outcome: list[str] = []
 
     async def handler(stream: TunnelStream) -> None:
         await stream.send_reply(ConnectAck(stream.stream_id, 200))
-        noticed.append(await stream.wait_failed())
+        with trio.CancelScope() as scope:
+            stream.cancel_on_failure(scope)
+            await trio.sleep_forever()
+        outcome.append("cancelled" if scope.cancelled_caught else "not cancelled")
+        assert isinstance(stream.error, StreamReset)
+        assert stream.error.code is ErrorCode.CANCEL
 
     with trio.fail_after(10):
         async with linked_pair(handler) as (agent, _server):
             stream = await connect(agent)
             await trio.testing.wait_all_tasks_blocked()
-            assert noticed == []
+            assert outcome == []
             stream.reset(ErrorCode.CANCEL, "client went away")
             await trio.testing.wait_all_tasks_blocked()
-    assert len(noticed) == 1
-    assert isinstance(noticed[0], StreamReset)
-    assert noticed[0].code is ErrorCode.CANCEL
+    assert outcome == ["cancelled"]
+
+
+async def test_cancel_on_failure_of_a_failed_stream_cancels_at_once(
+    autojump_clock: MockClock,
+) -> None:
+    outcome: list[bool] = []
+
+    async def handler(stream: TunnelStream) -> None:
+        await stream.send_reply(ConnectAck(stream.stream_id, 200))
+        with pytest.raises(StreamReset):
+            await stream.receive_some()  # the agent resets: the stream has failed
+        with trio.CancelScope() as scope:
+            stream.cancel_on_failure(scope)
+            await trio.sleep_forever()
+        outcome.append(scope.cancelled_caught)
+
+    with trio.fail_after(10):
+        async with linked_pair(handler) as (agent, _server):
+            stream = await connect(agent)
+            await trio.testing.wait_all_tasks_blocked()
+            stream.reset(ErrorCode.CANCEL, "client went away")
+            await trio.testing.wait_all_tasks_blocked()
+    assert outcome == [True]
 
 
 async def test_reset_wakes_a_sender_waiting_for_credit(autojump_clock: MockClock) -> None:
@@ -672,3 +698,32 @@ async def test_websocket_messages_fragments_and_close(autojump_clock: MockClock)
     assert [m.fin for m in fragments] == [False] * (len(fragments) - 1) + [True]
     assert digest(b"".join(m.data for m in fragments)) == digest(big)
     assert received[-1] == WebSocketClose(stream.stream_id, 1000, "bye")
+
+
+async def test_receive_nowait_hands_out_only_what_already_arrived(
+    autojump_clock: MockClock,
+) -> None:
+    release = trio.Event()
+
+    async def handler(stream: TunnelStream) -> None:
+        await stream.send_reply(ConnectAck(stream.stream_id, 200))
+        await stream.send_all(b"first")
+        await stream.send_all(b"second")
+        await release.wait()
+        await stream.send_eof()
+        assert await stream.receive_some() == b""
+
+    with trio.fail_after(10):
+        async with linked_pair(handler) as (agent, _server):
+            stream = await connect(agent)
+            await stream.wait_reply()
+            await trio.testing.wait_all_tasks_blocked()
+            assert stream.receive_nowait() == b"first"
+            assert stream.receive_nowait() == b"second"
+            assert stream.receive_nowait() is None  # nothing more yet: it would wait
+            release.set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert stream.receive_nowait() == b""  # the end, without waiting
+            await stream.send_eof()
+            await trio.testing.wait_all_tasks_blocked()
+            assert stream.finished
