@@ -56,12 +56,8 @@ class Target:
     port: int
     #: The URL to send upstream (absolute; the server rewrites it to origin-form).
     url: bytes
-
-    @property
-    def authority(self) -> bytes:
-        default = {"http": 80, "https": 443, "ws": 80, "wss": 443}[self.scheme]
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return (host if self.port == default else f"{host}:{self.port}").encode("idna")
+    #: host[:port] as the Host header gives it (the port only when not the default).
+    authority: bytes
 
 
 def _tokens(values: Iterable[bytes]) -> set[bytes]:
@@ -142,7 +138,8 @@ def parse_target(target: bytes, *, websocket: bool = False) -> Target:
     netloc = f"[{host}]" if ":" in host else host
     if port != default:
         netloc += f":{port}"
-    return Target(scheme, host, port, f"{scheme}://{netloc}{path}{query}".encode("ascii"))
+    url_bytes = f"{scheme}://{netloc}{path}{query}".encode("ascii")
+    return Target(scheme, host, port, url_bytes, netloc.encode("ascii"))
 
 
 def parse_authority(target: bytes) -> tuple[str, int]:

@@ -169,11 +169,19 @@ class ClientConnection:
             await self._send_raw(data)
 
     async def _send_raw(self, data: bytes) -> None:
-        async with self._send_lock:
-            try:
-                await self.client.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise _ClientGone("client connection lost") from exc
+        # The lock only matters while a request body is pumped (100 Continue) or a WebSocket
+        # relays; uncontended, take it without the scheduling round trip of `async with`.
+        lock = self._send_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            await self.client.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise _ClientGone("client connection lost") from exc
+        finally:
+            lock.release()
 
     async def _send_simple(
         self,
@@ -328,7 +336,7 @@ class ClientConnection:
             end_stream=not body,
         )
         stream = await self._open(head)
-        log.info("%s %s://%s", request.method.decode(), target.scheme, target.authority.decode())
+        log.debug("%s %s://%s", request.method.decode(), target.scheme, target.authority.decode())
         async with stream:
             try:
                 if body:
@@ -422,7 +430,7 @@ class ClientConnection:
     async def _connect(self, request: h11.Request) -> None:
         host, port = hdr.parse_authority(request.target)
         stream = await self._open(Connect(0, host, port))
-        log.info("CONNECT %s:%d", host, port)
+        log.debug("CONNECT %s:%d", host, port)
         async with stream:
             ack = await self._accepted(stream, ConnectAck)
             if ack is None:
@@ -479,7 +487,7 @@ class ClientConnection:
             hdr.subprotocols(request.headers),
         )
         stream = await self._open(head)
-        log.info("WebSocket %s://%s", target.scheme, target.authority.decode())
+        log.debug("WebSocket %s://%s", target.scheme, target.authority.decode())
         async with stream:
             ws_ack = await self._accepted(stream, WebSocketAck)
             if ws_ack is None:

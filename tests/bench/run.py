@@ -558,7 +558,8 @@ async def phase_ttfb(bench: Bench) -> dict[str, Any]:
         first: list[float] = []
         heads: list[float] = []
         failures: Counter[str] = Counter()
-        async with profiled(bench, "ttfb", mode == "fluidity"), watch({}, bench.pids) as w:
+        watched = bench.pids if mode == "fluidity" else {"origin": bench.pids["origin"]}
+        async with profiled(bench, "ttfb", mode == "fluidity"), watch(watched, bench.pids) as w:
             with trio.move_on_after(bench.args.phase_timeout):
                 for _ in range(count):
                     try:
@@ -573,8 +574,14 @@ async def phase_ttfb(bench: Bench) -> dict[str, Any]:
         result: dict[str, Any] = {
             "tunnels": len(first),
             "failures": dict(failures),
+            "cpu_percent_of_one_core": w.cpu_percent,
             "background_cpu_percent": w.background_cpu_percent,
         }
+        if first:  # CPU per tunnel: what each process spends to open, use and close one
+            result["cpu_us_per_tunnel"] = {
+                name: round(percent / 100 * w.seconds / len(first) * 1e6)
+                for name, percent in w.cpu_percent.items()
+            }
         result.update(ms_percentiles(first))
         if heads:
             result["head"] = ms_percentiles(heads)
