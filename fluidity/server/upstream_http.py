@@ -2,7 +2,8 @@
 
 The client is set up to behave as a proxy, not as a browser: it follows no redirect, keeps no
 cookie, adds no header of its own, decodes nothing, ignores the environment, and reaches the
-network only through `egress.open_tcp`. Bodies stream both ways under the tunnel's flow control;
+network only through `origin_pool.OriginPool`, which opens every connection with
+`egress.open_tcp`. Bodies stream both ways under the tunnel's flow control;
 nothing holds a whole body.
 
 Failures before the response head become a short text/plain answer (403/502/504, reason in
@@ -15,10 +16,9 @@ import contextlib
 import http.cookiejar
 import logging
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-import httpcore2
 import httpx2
 import trio
 
@@ -26,233 +26,17 @@ from fluidity.protocol import ErrorCode, Request, Response
 from fluidity.tunnel import LinkClosed, StreamReset, TunnelStream
 
 from .activity import ActivityTracker
-from .egress import EgressPolicy, UpstreamError, open_tcp
+from .egress import EgressPolicy, UpstreamError
+from .origin_pool import CLOSE_TIMEOUT, OriginPool
 
 log = logging.getLogger(__name__)
 
-#: How long closing an origin connection may take (a TLS close_notify) before it is dropped.
-CLOSE_TIMEOUT = 2.0
 #: After the reply is complete, how long to read (and discard) what is left of the request body.
 DRAIN_TIMEOUT = 10.0
 READ_SIZE = 64 * 1024
 
 
-# -- the network backend: every origin connection goes through open_tcp ----------------------
-
-
-def _why(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc
-    if isinstance(cause, ssl.SSLError):
-        return cause.reason or cause.__class__.__name__
-    return str(cause) or cause.__class__.__name__
-
-
-def _seconds(timeout: float | None) -> float:
-    return float("inf") if timeout is None else timeout
-
-
-class EgressNetworkStream(httpcore2.AsyncNetworkStream):
-    """httpcore's view of one origin connection; trio errors become httpcore's."""
-
-    def __init__(self, stream: trio.abc.Stream, sock: trio.SocketStream) -> None:
-        self._stream = stream
-        self._sock = sock
-
-    # httpcore's interface passes timeouts in; they are applied right here with fail_after.
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
-        try:
-            with trio.fail_after(_seconds(timeout)):
-                return bytes(await self._stream.receive_some(max_bytes))
-        except trio.TooSlowError:
-            raise httpcore2.ReadTimeout(f"the origin sent nothing for {timeout:g} s") from None
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise httpcore2.ReadError(f"reading from the origin failed: {_why(exc)}") from exc
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        if not buffer:
-            return
-        try:
-            with trio.fail_after(_seconds(timeout)):
-                await self._stream.send_all(buffer)
-        except trio.TooSlowError:
-            raise httpcore2.WriteTimeout(f"the origin read nothing for {timeout:g} s") from None
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise httpcore2.WriteError(f"writing to the origin failed: {_why(exc)}") from exc
-
-    async def aclose(self) -> None:
-        with trio.move_on_after(CLOSE_TIMEOUT) as scope:
-            await self._stream.aclose()
-        if scope.cancelled_caught:
-            await trio.aclose_forcefully(self._sock)
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
-    ) -> httpcore2.AsyncNetworkStream:
-        tls = trio.SSLStream(
-            self._stream, ssl_context, server_hostname=server_hostname, https_compatible=True
-        )
-        try:
-            with trio.fail_after(_seconds(timeout)):
-                await tls.do_handshake()
-        except trio.TooSlowError:
-            await trio.aclose_forcefully(self._sock)
-            raise httpcore2.ConnectTimeout(
-                f"TLS handshake with {server_hostname} timed out after {timeout:g} s"
-            ) from None
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            await trio.aclose_forcefully(self._sock)
-            raise httpcore2.ConnectError(
-                f"TLS handshake with {server_hostname} failed: {_why(exc)}"
-            ) from exc
-        return EgressNetworkStream(tls, self._sock)
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "ssl_object" and isinstance(self._stream, trio.SSLStream):
-            return self._stream._ssl_object
-        if info == "client_addr":
-            return self._sock.socket.getsockname()
-        if info == "server_addr":
-            return self._sock.socket.getpeername()
-        if info == "socket":
-            return self._sock.socket
-        if info == "is_readable":
-            return self._sock.socket.is_readable()
-        return None
-
-
-class EgressBackend(httpcore2.AsyncNetworkBackend):
-    """Connects httpcore through `open_tcp`, so the egress policy sees every connection."""
-
-    def __init__(self, policy: EgressPolicy, connect_timeout: float) -> None:
-        self.policy = policy
-        self.connect_timeout = connect_timeout
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore2.AsyncNetworkStream:
-        # UpstreamError passes through httpcore and httpx2 untouched, status and all.
-        sock = await open_tcp(
-            host,
-            port,
-            policy=self.policy,
-            connect_timeout=self.connect_timeout if timeout is None else timeout,
-        )
-        return EgressNetworkStream(sock, sock)
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore2.AsyncNetworkStream:
-        raise httpcore2.ConnectError("unix sockets are not an egress destination")
-
-    async def sleep(self, seconds: float) -> None:
-        await trio.sleep(seconds)
-
-
-# -- the httpx2 transport over that backend -----------------------------------------------------
-
-#: httpcore2 -> httpx2, most specific first.
-_HTTPCORE_ERRORS: tuple[tuple[type[Exception], type[httpx2.TransportError]], ...] = (
-    (httpcore2.ConnectTimeout, httpx2.ConnectTimeout),
-    (httpcore2.ReadTimeout, httpx2.ReadTimeout),
-    (httpcore2.WriteTimeout, httpx2.WriteTimeout),
-    (httpcore2.PoolTimeout, httpx2.PoolTimeout),
-    (httpcore2.TimeoutException, httpx2.TimeoutException),
-    (httpcore2.ConnectError, httpx2.ConnectError),
-    (httpcore2.ReadError, httpx2.ReadError),
-    (httpcore2.WriteError, httpx2.WriteError),
-    (httpcore2.NetworkError, httpx2.NetworkError),
-    (httpcore2.UnsupportedProtocol, httpx2.UnsupportedProtocol),
-    (httpcore2.LocalProtocolError, httpx2.LocalProtocolError),
-    (httpcore2.RemoteProtocolError, httpx2.RemoteProtocolError),
-    (httpcore2.ProtocolError, httpx2.ProtocolError),
-)
-
-
-@contextlib.contextmanager
-def _httpx_errors() -> Iterator[None]:
-    try:
-        yield
-    except Exception as exc:
-        for core, mapped in _HTTPCORE_ERRORS:
-            if isinstance(exc, core):
-                raise mapped(str(exc)) from exc
-        raise
-
-
-class _ResponseBody(httpx2.AsyncByteStream):
-    def __init__(self, stream: AsyncIterable[bytes]) -> None:
-        self._stream = stream
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        parts = self._stream.__aiter__()
-        try:
-            with _httpx_errors():
-                async for part in parts:
-                    yield part
-        finally:
-            if isinstance(parts, AsyncGenerator):
-                await parts.aclose()  # trio warns about async generators left to the GC
-
-    async def aclose(self) -> None:
-        aclose = getattr(self._stream, "aclose", None)
-        if aclose is not None:
-            with _httpx_errors():
-                await aclose()
-
-
-class EgressTransport(httpx2.AsyncBaseTransport):
-    """An httpx2 transport on an httpcore2 pool whose connections go through the policy."""
-
-    def __init__(
-        self, policy: EgressPolicy, connect_timeout: float, ssl_context: ssl.SSLContext
-    ) -> None:
-        self._pool = httpcore2.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=None,
-            max_keepalive_connections=64,
-            keepalive_expiry=30.0,
-            http1=True,
-            http2=False,
-            network_backend=EgressBackend(policy, connect_timeout),
-        )
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        assert isinstance(request.stream, httpx2.AsyncByteStream)
-        core_request = httpcore2.Request(
-            method=request.method,
-            url=httpcore2.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
-        with _httpx_errors():
-            response = await self._pool.handle_async_request(core_request)
-        assert isinstance(response.stream, AsyncIterable)
-        return httpx2.Response(
-            status_code=response.status,
-            headers=response.headers,
-            stream=_ResponseBody(response.stream),
-            extensions=response.extensions,
-        )
-
-    async def aclose(self) -> None:
-        await self._pool.aclose()
+# -- the shared client ------------------------------------------------------------------------
 
 
 class _DiscardingCookieJar(http.cookiejar.CookieJar):
@@ -291,7 +75,7 @@ def make_client(
     `verify` is the TLS context for https origins; by default the system CA store.
     """
     _redact_httpx_logs()
-    transport = EgressTransport(policy, connect_timeout, verify or ssl.create_default_context())
+    transport = OriginPool(policy, connect_timeout, verify or ssl.create_default_context())
     client = httpx2.AsyncClient(
         transport=transport,
         follow_redirects=False,
