@@ -37,17 +37,24 @@ class ActivityTracker:
         """Something moved: a byte, a message, a stream state change."""
         self.last_activity_epoch = self._clock()
 
+    def opened(self) -> None:
+        """A stream opened; pair with `closed()` (or use `track()`)."""
+        self.active += 1
+        self.total += 1
+        self.last_activity_epoch = self._clock()
+
+    def closed(self) -> None:
+        self.active -= 1
+        self.last_activity_epoch = self._clock()
+
     @contextmanager
     def track(self) -> Iterator[None]:
         """Count one open stream for the duration of the block."""
-        self.active += 1
-        self.total += 1
-        self.touch()
+        self.opened()
         try:
             yield
         finally:
-            self.active -= 1
-            self.touch()
+            self.closed()
 
     def snapshot(self) -> ActivitySnapshot:
         return ActivitySnapshot(self.active, self.total, self.last_activity_epoch)

@@ -45,6 +45,9 @@ class _DiscardingCookieJar(http.cookiejar.CookieJar):
     def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
         pass
 
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        pass  # nothing would be kept: skip parsing Set-Cookie on every response
+
 
 class _RedactQuery(logging.Filter):
     """httpx2 logs every request URL at INFO; query strings may hold secrets, so drop them."""
@@ -135,11 +138,14 @@ def _header_names(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     return {name.lower() for name, _ in headers}
 
 
-def where(url: httpx2.URL) -> str:
-    """scheme://host[:port] of a URL: what may be logged at INFO (no path, no query)."""
-    host = f"[{url.host}]" if ":" in url.host else url.host
-    port = f":{url.port}" if url.port else ""
-    return f"{url.scheme}://{host}{port}"
+def _label(stream: TunnelStream, head: Request) -> str:
+    """`stream N METHOD scheme://host[:port]`: what may be logged at INFO (no path, query or
+    credentials), taken from the URL as the agent sent it."""
+    scheme, _, rest = head.url.partition(b"://")
+    authority = rest.split(b"/", 1)[0].split(b"?", 1)[0].rpartition(b"@")[2]
+    method = head.method.decode("ascii", "replace")
+    where = (scheme + b"://" + authority).decode("ascii", "replace")
+    return f"stream {stream.stream_id} {method} {where}"
 
 
 async def _build_request(
@@ -204,12 +210,16 @@ async def _drain(stream: TunnelStream) -> None:
     agent sees while still sending (and, in older links, could overtake the queued reply).
     Reading the rest lets the stream end cleanly; the agent may also just reset it.
     """
-    with trio.move_on_after(DRAIN_TIMEOUT):
-        try:
+    try:
+        # Usually the body ended long ago (a GET has none): no need to wait or set a timer.
+        while (data := stream.receive_nowait()) is not None:
+            if not data:
+                return
+        with trio.move_on_after(DRAIN_TIMEOUT):
             while await stream.receive_some(READ_SIZE):
                 pass
-        except (StreamReset, LinkClosed):
-            pass
+    except (StreamReset, LinkClosed):
+        pass
 
 
 async def serve_request(
@@ -218,19 +228,18 @@ async def serve_request(
     """Make the stream's request upstream and stream the response back."""
     head = stream.head
     assert isinstance(head, Request)
-    label = f"stream {stream.stream_id} {head.method.decode('ascii', 'replace')}"
     try:
         request = await _build_request(stream, head, activity)
-        label = f"{label} {where(request.url)}"
         response = await client.send(request, stream=True, auth=_NO_AUTH, follow_redirects=False)
     except (UpstreamError, httpx2.HTTPError) as exc:
         error = exc if isinstance(exc, UpstreamError) else _translate(exc)
-        log.info("%s: %d %s", label, error.status, error.reason)
+        log.info("%s: %d %s", _label(stream, head), error.status, error.reason)
         await _answer_error(stream, error)
         await _drain(stream)
         return
     try:
-        log.debug("%s: %d", label, response.status_code)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: %d", _label(stream, head), response.status_code)
         reason = response.extensions.get("reason_phrase", b"")
         await stream.send_reply(
             Response(
@@ -247,11 +256,12 @@ async def serve_request(
                     await stream.send_all(chunk)
         except httpx2.HTTPError as exc:
             error = _translate(exc)
-            log.info("%s: response body failed: %s", label, error.reason)
+            log.info("%s: response body failed: %s", _label(stream, head), error.reason)
             stream.reset(ErrorCode.UPSTREAM_ERROR, error.reason)
             return
         await stream.send_eof()
     finally:
-        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
-            await response.aclose()
+        if not response.is_closed:  # read to the end, it closed itself
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+                await response.aclose()
     await _drain(stream)
