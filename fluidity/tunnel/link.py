@@ -13,6 +13,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import attrs
 import trio
@@ -20,6 +21,7 @@ import trio
 from fluidity.protocol import (
     Connect,
     Connection,
+    Data,
     ErrorCode,
     GoAway,
     Hello,
@@ -38,6 +40,7 @@ from fluidity.protocol import (
     StreamProtocolError,
     WebSocketOpen,
     WindowUpdate,
+    encode,
 )
 
 from .errors import LinkClosed, StreamReset
@@ -100,7 +103,8 @@ class Link:
         self._handler = handler
         self._nursery: trio.Nursery | None = None
         self.streams: dict[int, TunnelStream] = {}
-        self._queue: deque[tuple[TunnelStream | None, list[bytes], int]] = deque()
+        #: Frames for the writer: [stream, buffers, payload size] (a list: see _enqueue_end).
+        self._queue: deque[list[Any]] = deque()
         self._urgent: list[bytes] = []
         #: Agent streams whose opening frame is still in `_queue` (the peer has not seen them).
         self._unsent_heads: set[int] = set()
@@ -201,11 +205,31 @@ class Link:
 
     def _enqueue(self, stream: TunnelStream, message: StreamMessage, size: int) -> None:
         self._check_open()
-        buffers = self.conn.send(message)
-        self._queue.append((stream, buffers, size))
+        entry = [stream, self.conn.send(message), size]
+        self._queue.append(entry)
         stream.queued += size
+        stream._unsent_data = (entry, message) if type(message) is Data else None
         self._after_send(stream)
         self._writer_lot.unpark_all()
+
+    def _enqueue_end(self, stream: TunnelStream) -> None:
+        """End the stream's sending side.
+
+        If its last Data frame is still queued, that frame is re-encoded with end_stream set
+        instead of queueing a frame of its own: a response's body and its end arrive as one
+        frame, one event at the peer.
+        """
+        self._check_open()
+        buffers = self.conn.send(Data(stream.stream_id, True, b""))  # our side ends here
+        unsent = stream._unsent_data
+        stream._unsent_data = None
+        if unsent is not None:
+            entry, data = unsent
+            entry[1] = encode(Data(data.stream_id, True, data.data))
+        else:
+            self._queue.append([stream, buffers, 0])
+            self._writer_lot.unpark_all()
+        self._after_send(stream)
 
     def _reset(self, stream: TunnelStream, reset: Reset) -> None:
         if self._closing.is_set():
@@ -218,7 +242,7 @@ class Link:
             self.conn.send(reset)
         elif stream._local_ended:
             # Our side is complete: the peer gets all of it, then the Reset, in order.
-            self._queue.append((stream, self.conn.send(reset), 0))
+            self._queue.append([stream, self.conn.send(reset), 0])
             self._writer_lot.unpark_all()
         else:
             self._drop_queued(stream)
@@ -229,6 +253,7 @@ class Link:
         if self._queue:
             self._queue = deque(entry for entry in self._queue if entry[0] is not stream)
         stream.queued = 0
+        stream._unsent_data = None
 
     def _acknowledge(self, stream_id: int, size: int) -> None:
         if not self._closing.is_set():
@@ -399,11 +424,15 @@ class Link:
             size = 0
             queue = self._queue
             while queue and size < batch_limit:
-                entry, buffers, n = queue.popleft()
+                item = queue.popleft()
+                entry, buffers, n = item
                 batch.extend(buffers)
                 size += n
                 if entry is not None:
                     self._unsent_heads.discard(entry.stream_id)
+                    unsent = entry._unsent_data
+                    if unsent is not None and unsent[0] is item:
+                        entry._unsent_data = None
                     if n:
                         entry.queued -= n
                         entry._wake_senders()

@@ -9,7 +9,7 @@ so a reader that stops reading stalls only its own stream.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -58,6 +58,8 @@ class TunnelStream:
         self._receive_lot = trio.lowlevel.ParkingLot()
         self._send_lot = trio.lowlevel.ParkingLot()
         self._cancel_on_failure: trio.CancelScope | None = None
+        #: The link's queue entry of our last Data frame while it is unsent, and the frame.
+        self._unsent_data: tuple[list[Any], Data] | None = None
 
     def __repr__(self) -> str:
         return f"<TunnelStream {self.stream_id} {self.kind.value}>"
@@ -157,7 +159,10 @@ class TunnelStream:
     async def _send_payload(self, data: bytes | bytearray | memoryview, end_stream: bool) -> None:
         view = memoryview(data)
         self._check_usable()
-        if not view and not end_stream:
+        if not view:
+            if end_stream:
+                self._link._enqueue_end(self)
+                self._local_ended = True
             await trio.lowlevel.checkpoint()
             return
         whole = data if isinstance(data, bytes) else None

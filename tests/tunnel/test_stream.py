@@ -13,6 +13,7 @@ from fluidity.protocol import (
     DEFAULT_INITIAL_WINDOW,
     Connect,
     ConnectAck,
+    Data,
     ErrorCode,
     Request,
     Response,
@@ -23,7 +24,16 @@ from fluidity.protocol import (
 )
 from fluidity.tunnel import Link, LinkConfig, StreamReset, TunnelStream
 
-from .helpers import Digest, Wire, digest, linked_pair, payload, receive_all, send_chunked
+from .helpers import (
+    Digest,
+    Wire,
+    decode_frames,
+    digest,
+    linked_pair,
+    payload,
+    receive_all,
+    send_chunked,
+)
 
 MB = 1024 * 1024
 
@@ -727,3 +737,47 @@ async def test_receive_nowait_hands_out_only_what_already_arrived(
             await stream.send_eof()
             await trio.testing.wait_all_tasks_blocked()
             assert stream.finished
+
+
+@pytest.mark.parametrize("flushed_first", [False, True])
+async def test_the_end_of_a_body_rides_on_its_last_unsent_data_frame(
+    autojump_clock: MockClock, flushed_first: bool
+) -> None:
+    """send_all then send_eof is one frame when the Data frame was still queued, else two."""
+    agent_side, server_side = trio.testing.memory_stream_pair()
+    wire = Wire(server_side, record=True)
+    go = trio.Event()
+    send_end = trio.Event()
+
+    async def handler(stream: TunnelStream) -> None:
+        await stream.send_reply(ConnectAck(stream.stream_id, 200))
+        await go.wait()
+        await stream.send_all(b"first")  # the writer takes it (and, held, sticks there)
+        await trio.testing.wait_all_tasks_blocked()
+        await stream.send_all(b"the body")
+        await trio.testing.wait_all_tasks_blocked()
+        await send_end.wait()
+        await stream.send_eof()
+        assert await stream.receive_some() == b""
+
+    with trio.fail_after(10):
+        async with linked_pair(handler, transports=(agent_side, wire)) as (agent, _server):
+            stream = await connect(agent)
+            await stream.wait_reply()
+            if not flushed_first:
+                wire.hold()
+            go.set()
+            await trio.testing.wait_all_tasks_blocked()
+            send_end.set()
+            await trio.testing.wait_all_tasks_blocked()
+            wire.release()
+            assert await receive_all(stream) == digest(b"firstthe body")
+            await stream.send_eof()
+            await trio.testing.wait_all_tasks_blocked()
+            assert stream.finished
+    assert wire.sent is not None
+    frames = [(f.end_stream, f.data) for f in decode_frames(wire.sent) if isinstance(f, Data)]
+    if flushed_first:
+        assert frames == [(False, b"first"), (False, b"the body"), (True, b"")]
+    else:
+        assert frames == [(False, b"first"), (True, b"the body")]
