@@ -114,7 +114,7 @@ class Message:
     def from_wire(cls, fields: list[Any]) -> Message:
         if len(fields) != len(cls.CHECKS):
             raise LinkProtocolError(f"{cls.__name__}: expected {len(cls.CHECKS)} fields")
-        return cls(*(check(v) for check, v in zip(cls.CHECKS, fields, strict=True)))
+        return cls(*[check(v) for check, v in zip(cls.CHECKS, fields, strict=True)])
 
 
 class StreamMessage(Message):

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[TunnelStream], Awaitable[None]]
 Opening = Request | Connect | WebSocketOpen
+_OPENINGS = (Request, Connect, WebSocketOpen)
 
 _KINDS: dict[type[Message], StreamKind] = {
     Request: StreamKind.REQUEST,
@@ -169,7 +170,7 @@ class Link:
         self.streams[head.stream_id] = stream
         self._enqueue(stream, head, 0)
         self._unsent_heads.add(head.stream_id)
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         return stream
 
     async def wait_closed(self) -> None:
@@ -199,6 +200,10 @@ class Link:
 
     # -- internals used by TunnelStream ---------------------------------------------------
 
+    def _wake_writer(self) -> None:
+        if self._writer_lot:  # parked only while it has nothing to write
+            self._writer_lot.unpark_all()
+
     def _check_open(self) -> None:
         if self._closing.is_set():
             raise self.error or LinkClosed("link closed")
@@ -210,7 +215,7 @@ class Link:
         stream.queued += size
         stream._unsent_data = (entry, message) if type(message) is Data else None
         self._after_send(stream)
-        self._writer_lot.unpark_all()
+        self._wake_writer()
 
     def _enqueue_end(self, stream: TunnelStream) -> None:
         """End the stream's sending side.
@@ -228,7 +233,7 @@ class Link:
             entry[1] = encode(Data(data.stream_id, True, data.data))
         else:
             self._queue.append([stream, buffers, 0])
-            self._writer_lot.unpark_all()
+            self._wake_writer()
         self._after_send(stream)
 
     def _reset(self, stream: TunnelStream, reset: Reset) -> None:
@@ -243,7 +248,7 @@ class Link:
         elif stream._local_ended:
             # Our side is complete: the peer gets all of it, then the Reset, in order.
             self._queue.append([stream, self.conn.send(reset), 0])
-            self._writer_lot.unpark_all()
+            self._wake_writer()
         else:
             self._drop_queued(stream)
             self._send_control(reset)
@@ -258,11 +263,11 @@ class Link:
     def _acknowledge(self, stream_id: int, size: int) -> None:
         if not self._closing.is_set():
             self.conn.acknowledge_received_data(stream_id, size)
-            self._writer_lot.unpark_all()
+            self._wake_writer()
 
     def _send_control(self, message: Message) -> None:
         self._urgent.extend(self.conn.send(message))
-        self._writer_lot.unpark_all()
+        self._wake_writer()
 
     def _after_send(self, stream: TunnelStream) -> None:
         if stream.stream_id not in self.conn.streams:
@@ -287,7 +292,7 @@ class Link:
                 nursery.start_soon(self._writer)
                 if self.role is Role.AGENT:
                     self.conn.initiate()
-                    self._writer_lot.unpark_all()
+                    self._wake_writer()
                 with trio.move_on_after(self.config.handshake_timeout):
                     await self._handshake_done.wait()
                 if not self._handshake_done.is_set():
@@ -338,7 +343,7 @@ class Link:
                 log.warning("closing link: peer broke the protocol: %s", exc)
                 self._fail(LinkClosed(f"protocol error: {exc}"), goaway=True)
                 return
-            self._writer_lot.unpark_all()
+            self._wake_writer()
 
     def _dispatch(self, message: Message) -> None:
         if isinstance(message, StreamMessage):
@@ -355,13 +360,13 @@ class Link:
 
     def _dispatch_stream(self, message: StreamMessage) -> None:
         sid = message.stream_id
-        if isinstance(message, Request | Connect | WebSocketOpen):
+        if isinstance(message, _OPENINGS):
             opened = TunnelStream(self, message, _KINDS[type(message)])
             if isinstance(message, Request) and message.end_stream:
                 opened._remote_ended = True
             self.streams[sid] = opened
             assert self._nursery is not None
-            self._nursery.start_soon(self._run_handler, opened, name=f"stream-{sid}")
+            self._nursery.start_soon(self._run_handler, opened)
             return
         stream = self.streams.get(sid)
         if stream is None:
@@ -485,7 +490,7 @@ class Link:
         self._closing.set()
         self._handshake_done.set()
         self._slots_lot.unpark_all()
-        self._writer_lot.unpark_all()
+        self._wake_writer()
 
 
 @asynccontextmanager

@@ -4,6 +4,11 @@ Sending waits for flow-control credit and for room in the stream's share of the 
 queue, so a writer can never queue more than `stream_send_buffer` bytes. Receiving hands out the
 payloads the link's reader delivered and returns their credit to the peer as they are consumed,
 so a reader that stops reading stalls only its own stream.
+
+Every operation is a cancellation point, but yields to the scheduler only when it waits: a
+handler that answers a request (reply, body, end) queues all of it in one go and the link's
+writer sends it in one batch. The per-stream queue bound and the window make any task wait
+(and so yield) before it can hog the loop.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ if TYPE_CHECKING:
 
 Reply = Response | ConnectAck | WebSocketAck
 Inbound = Data | WebSocketMessage | WebSocketClose
+_REPLIES = (Response, ConnectAck, WebSocketAck)
+_PAYLOADS = (Data, WebSocketMessage)
 
 
 class TunnelStream:
@@ -67,13 +74,13 @@ class TunnelStream:
     # -- events from the link (never block) ---------------------------------------------
 
     def _deliver(self, message: Message) -> None:
-        if isinstance(message, Response | ConnectAck | WebSocketAck):
+        if isinstance(message, _REPLIES):
             self.reply = message
             if isinstance(message, Response):
                 self._remote_ended = message.end_stream
             elif not message.success:
                 self._remote_ended = self._local_ended = True
-        elif isinstance(message, Data | WebSocketMessage):
+        elif isinstance(message, _PAYLOADS):
             self.buffered += flow_size(message)
             self._inbox.append(message)
             if isinstance(message, Data) and message.end_stream:
@@ -81,7 +88,8 @@ class TunnelStream:
         elif isinstance(message, WebSocketClose):
             self._inbox.append(message)
             self._remote_ended = True
-        self._receive_lot.unpark_all()
+        if self._receive_lot:
+            self._receive_lot.unpark_all()
 
     def _fail(self, error: Exception) -> None:
         if self._error is None:
@@ -92,7 +100,8 @@ class TunnelStream:
             self._cancel_on_failure.cancel()
 
     def _wake_senders(self) -> None:
-        self._send_lot.unpark_all()
+        if self._send_lot:
+            self._send_lot.unpark_all()
 
     @property
     def error(self) -> Exception | None:
@@ -127,7 +136,7 @@ class TunnelStream:
             self._local_ended = True
         elif isinstance(reply, ConnectAck | WebSocketAck) and not reply.success:
             self._local_ended = self._remote_ended = True
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     # -- sending --------------------------------------------------------------------------
 
@@ -163,7 +172,7 @@ class TunnelStream:
             if end_stream:
                 self._link._enqueue_end(self)
                 self._local_ended = True
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint_if_cancelled()
             return
         whole = data if isinstance(data, bytes) else None
         while True:
@@ -178,7 +187,7 @@ class TunnelStream:
                 self._local_ended = True
             if not view:
                 break
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     async def send_ws(self, data: bytes, *, binary: bool, fin: bool = True) -> None:
         """Send one WebSocket message (fragmented to fit frames and credit)."""
@@ -192,26 +201,26 @@ class TunnelStream:
             view = view[n:]
             if not view:
                 break
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     async def send_ws_close(self, code: int = 1000, reason: str = "") -> None:
         self._check_usable()
         self._link._enqueue(self, WebSocketClose(self.stream_id, code, reason), 0)
         self._local_ended = True
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     # -- receiving ------------------------------------------------------------------------
 
     async def _next_inbound(self) -> Inbound | None:
         while not self._inbox:
             if self._remote_ended:  # the peer's side is complete, whatever happened since
-                await trio.lowlevel.checkpoint()
+                await trio.lowlevel.checkpoint_if_cancelled()
                 return None
             if self._error is not None:
                 raise self._error
             await self._receive_lot.park()
         message = self._inbox.popleft()
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         return message
 
     def _consumed(self, size: int) -> None:
@@ -225,7 +234,7 @@ class TunnelStream:
             rest = self._partial[len(piece) :]
             self._partial = rest if rest else None
             self._consumed(len(piece))
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint_if_cancelled()
             return bytes(piece)
         message = await self._next_inbound()
         if message is None:
@@ -293,7 +302,7 @@ class TunnelStream:
         """Release the stream: reset it unless both sides already ended."""
         if not (self._local_ended and self._remote_ended):
             self.reset(ErrorCode.CANCEL, "closed before the end of the stream")
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     async def __aenter__(self) -> TunnelStream:
         return self
