@@ -92,8 +92,11 @@ class Proxy:
             log.exception("error serving a client connection")
         finally:
             self.connections.discard(connection)
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(client)
+            if isinstance(client, trio.SocketStream):
+                client.socket.close()  # what aclose() does, without a checkpoint to survive
+            else:
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(client)
 
     def begin_shutdown(self) -> None:
         """Stop taking new requests: idle connections close now, busy ones after this one."""
@@ -449,7 +452,10 @@ class ClientConnection:
     async def _relay_bytes(self, stream: TunnelStream) -> None:
         client = self.client
 
+        client_done = False
+
         async def client_to_tunnel() -> None:
+            nonlocal client_done
             while True:
                 try:
                     data = await client.receive_some(READ_SIZE)
@@ -457,6 +463,7 @@ class ClientConnection:
                     stream.reset(ErrorCode.CANCEL, "client connection lost")
                     raise
                 if not data:
+                    client_done = True
                     await stream.send_eof()
                     return
                 await stream.send_all(data)
@@ -464,7 +471,8 @@ class ClientConnection:
         async def tunnel_to_client() -> None:
             while data := await stream.receive_some():
                 await client.send_all(data)
-            await client.send_eof()
+            if not client_done:  # else the close that follows says it all
+                await client.send_eof()
 
         try:
             async with trio.open_nursery() as nursery:
