@@ -272,9 +272,10 @@ class ClientConnection:
 
     async def _handle(self, request: h11.Request) -> bool:
         """Serve one request; True if the connection may be kept alive."""
+        headers = list(request.headers)  # once: h11's Headers iterate slowly, by index
         expected = self.proxy._auth
         if expected is not None:
-            supplied = hdr.get(request.headers, b"proxy-authorization")
+            supplied = hdr.get(headers, b"proxy-authorization")
             if not _auth_ok(supplied, expected):
                 await self._send_simple(
                     407,
@@ -289,11 +290,11 @@ class ClientConnection:
             if request.target.startswith(b"/"):
                 await self._local(request)
                 return True
-            hdr.check_framing(request.headers)
-            if hdr.is_websocket_upgrade(request.headers):
-                await self._websocket(request)
+            hdr.check_framing(headers)
+            if hdr.is_websocket_upgrade(headers):
+                await self._websocket(request, headers)
                 return False
-            await self._forward(request)
+            await self._forward(request, headers)
             return True
         except BadRequest as exc:
             await self._send_simple(400, f"Bad request: {exc}")
@@ -328,14 +329,14 @@ class ClientConnection:
         except LinkClosed as exc:
             raise TunnelUnavailable(f"tunnel to the server is unavailable ({exc})") from exc
 
-    async def _forward(self, request: h11.Request) -> None:
+    async def _forward(self, request: h11.Request, headers: hdr.HeaderList) -> None:
         target = hdr.parse_target(request.target)
-        body = hdr.has_body(request.headers)
+        body = hdr.has_body(headers)
         head = Request(
             0,
             request.method,
             target.url,
-            tuple(hdr.request_headers(request.headers, target)),
+            tuple(hdr.request_headers(headers, target)),
             end_stream=not body,
         )
         stream = await self._open(head)
@@ -483,16 +484,16 @@ class ClientConnection:
 
     # -- WebSocket ----------------------------------------------------------------------------
 
-    async def _websocket(self, request: h11.Request) -> None:
+    async def _websocket(self, request: h11.Request, headers: hdr.HeaderList) -> None:
         target = hdr.parse_target(request.target, websocket=True)
-        keys = hdr.get(request.headers, b"sec-websocket-key")
-        if len(keys) != 1 or hdr.get(request.headers, b"sec-websocket-version") != [b"13"]:
+        keys = hdr.get(headers, b"sec-websocket-key")
+        if len(keys) != 1 or hdr.get(headers, b"sec-websocket-version") != [b"13"]:
             raise BadRequest("a WebSocket upgrade needs one Sec-WebSocket-Key and version 13")
         head = WebSocketOpen(
             0,
             target.url.decode("ascii"),
-            tuple(hdr.websocket_headers(request.headers, target)),
-            hdr.subprotocols(request.headers),
+            tuple(hdr.websocket_headers(headers, target)),
+            hdr.subprotocols(headers),
         )
         stream = await self._open(head)
         log.debug("WebSocket %s://%s", target.scheme, target.authority.decode())

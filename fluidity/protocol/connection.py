@@ -51,6 +51,11 @@ DEFAULT_INITIAL_WINDOW = 256 * 1024
 DEFAULT_MAX_STREAMS = 1024
 
 
+#: isinstance() targets as tuples: a `A | B` union would be built on every call.
+_ACKS = (ConnectAck, WebSocketAck)
+_PAYLOADS = (Data, WebSocketMessage)
+
+
 class Role(enum.Enum):
     AGENT = "agent"
     SERVER = "server"
@@ -239,7 +244,7 @@ class Connection:
             stream.replied = True
             if isinstance(message, Response) and message.end_stream:
                 self._close_local(sid)
-            elif isinstance(message, ConnectAck | WebSocketAck) and not message.success:
+            elif isinstance(message, _ACKS) and not message.success:
                 del self.streams[sid]
             return
         if stream.local_closed:
@@ -249,7 +254,7 @@ class Connection:
         ):
             # Mirrors the receiver's rule: only a request body may precede the reply.
             raise LocalProtocolError(f"{type(message).__name__} before the reply")
-        if isinstance(message, Data | WebSocketMessage):
+        if isinstance(message, _PAYLOADS):
             is_ws = isinstance(message, WebSocketMessage)
             if is_ws != (stream.kind is StreamKind.WEBSOCKET):
                 raise LocalProtocolError(_misplaced(message, stream))
@@ -405,7 +410,7 @@ class Connection:
             stream.replied = True
             if isinstance(message, Response) and message.end_stream:
                 self._close_remote(sid)
-            elif isinstance(message, ConnectAck | WebSocketAck) and not message.success:
+            elif isinstance(message, _ACKS) and not message.success:
                 del self.streams[sid]
             return True
         if stream.remote_closed:
@@ -417,7 +422,7 @@ class Connection:
         ) and not stream.replied
         if peer_must_wait:
             raise StreamProtocolError(sid, f"{type(message).__name__} before the reply")
-        if isinstance(message, Data | WebSocketMessage):
+        if isinstance(message, _PAYLOADS):
             is_ws = isinstance(message, WebSocketMessage)
             if is_ws != (stream.kind is StreamKind.WEBSOCKET):
                 raise StreamProtocolError(
