@@ -43,39 +43,36 @@ class StreamHandler:
     async def __call__(self, stream: TunnelStream) -> None:
         self.activity.opened()
         try:
-            await self._serve(stream)
+            if stream.kind is StreamKind.WEBSOCKET:
+                # The relay reads the tunnel throughout, so it sees a reset itself, and it
+                # must not be cancelled: closing the origin gracefully needs its reader task.
+                await serve_websocket(
+                    stream,
+                    policy=self.policy,
+                    connect_timeout=self.connect_timeout,
+                    ssl_context=self.ssl_context,
+                    activity=self.activity,
+                    max_message_size=self.max_ws_message,
+                )
+                return
+            try:
+                # A request waiting for a slow origin, or a tunnel the agent half-closed,
+                # reads nothing from the stream and would never notice it went away.
+                with trio.CancelScope() as scope:
+                    stream.cancel_on_failure(scope)
+                    if stream.kind is StreamKind.REQUEST:
+                        await serve_request(stream, self.client, self.activity)
+                    else:
+                        await serve_connect(
+                            stream,
+                            policy=self.policy,
+                            connect_timeout=self.connect_timeout,
+                            activity=self.activity,
+                        )
+            except* (StreamReset, LinkClosed):
+                pass  # the agent's side is gone; the upstream side was closed on the way out
         finally:
             self.activity.closed()
-
-    async def _serve(self, stream: TunnelStream) -> None:
-        if stream.kind is StreamKind.WEBSOCKET:
-            # The relay reads the tunnel throughout, so it sees a reset itself, and it
-            # must not be cancelled: closing the origin gracefully needs its reader task.
-            await serve_websocket(
-                stream,
-                policy=self.policy,
-                connect_timeout=self.connect_timeout,
-                ssl_context=self.ssl_context,
-                activity=self.activity,
-                max_message_size=self.max_ws_message,
-            )
-            return
-        try:
-            # A request waiting for a slow origin, or a tunnel the agent half-closed,
-            # reads nothing from the stream and would never notice it went away.
-            with trio.CancelScope() as scope:
-                stream.cancel_on_failure(scope)
-                if stream.kind is StreamKind.REQUEST:
-                    await serve_request(stream, self.client, self.activity)
-                else:
-                    await serve_connect(
-                        stream,
-                        policy=self.policy,
-                        connect_timeout=self.connect_timeout,
-                        activity=self.activity,
-                    )
-        except* (StreamReset, LinkClosed):
-            pass  # the agent's side is gone; the upstream side was closed on the way out
 
 
 @asynccontextmanager

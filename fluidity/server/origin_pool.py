@@ -42,6 +42,11 @@ KEEPALIVE_EXPIRY = 30.0
 
 Key = tuple[bytes, bytes, int]  # scheme, host, port
 
+#: The response extension holding the body stream itself: the same bytes as
+#: `Response.aiter_raw()`, without httpx2's two generators per chunk. Closing the response
+#: closes it (an unfinished body closes its connection).
+BODY_EXTENSION = "fluidity.body"
+
 _NO_TIMEOUTS: Mapping[str, float | None] = {}
 _HTTP11 = b"HTTP/1.1"
 _ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
@@ -95,20 +100,118 @@ class _Connection:
                 await self.stream.send_all(data)
                 return
         except _ERRORS as exc:
-            raise httpx2.WriteError(f"writing to the origin failed: {_why(exc)}") from exc
-        raise httpx2.WriteTimeout(f"the origin read nothing for {seconds:g} s")
+            raise _write_error(exc) from exc
+        raise _write_timeout(seconds)
 
     async def receive_some(self, seconds: float) -> bytes | bytearray:
         try:
             with trio.move_on_after(seconds):
                 return await self.stream.receive_some(READ_SIZE)
         except _ERRORS as exc:
-            raise httpx2.ReadError(f"reading from the origin failed: {_why(exc)}") from exc
-        raise httpx2.ReadTimeout(f"the origin sent nothing for {seconds:g} s")
+            raise _read_error(exc) from exc
+        raise _read_timeout(seconds)
+
+
+def _write_error(exc: BaseException) -> httpx2.WriteError:
+    error = httpx2.WriteError(f"writing to the origin failed: {_why(exc)}")
+    error.__cause__ = exc
+    return error
+
+
+def _read_error(exc: BaseException) -> httpx2.ReadError:
+    error = httpx2.ReadError(f"reading from the origin failed: {_why(exc)}")
+    error.__cause__ = exc
+    return error
+
+
+def _write_timeout(seconds: float) -> httpx2.WriteTimeout:
+    return httpx2.WriteTimeout(f"the origin read nothing for {seconds:g} s")
+
+
+def _read_timeout(seconds: float) -> httpx2.ReadTimeout:
+    return httpx2.ReadTimeout(f"the origin sent nothing for {seconds:g} s")
 
 
 def _send(conn: h11.Connection, event: h11.Event) -> bytes:
     return conn.send(event) or b""
+
+
+_END = h11.EndOfMessage()  # events are frozen: one will do
+
+
+async def _send_and_receive_head(
+    conn: _Connection, data: bytes, retry: bool, read_timeout: float, write_timeout: float
+) -> h11.Response:
+    """Send a whole request in one write, then read the response head.
+
+    One cancel scope covers both waits, its deadline moved from the write's to the read's
+    (entering a scope costs twice what moving a deadline does); which wait was cut short
+    says which timeout to report.
+    """
+    failed: httpx2.WriteError | None = None
+    reading = False
+    with trio.CancelScope(deadline=trio.current_time() + write_timeout) as scope:
+        try:
+            await conn.stream.send_all(data)
+        except _ERRORS as exc:
+            # The origin may have answered early and closed: read it anyway.
+            failed = _write_error(exc)
+        if not scope.cancel_called:
+            reading = True
+            return await _receive_head(conn, scope, read_timeout, retry, failed)
+    if reading:
+        raise _read_timeout(read_timeout)
+    if scope.cancelled_caught:
+        raise _write_timeout(write_timeout)
+    # The write's deadline passed just as the write completed: the read gets its own scope.
+    with trio.CancelScope() as scope:
+        return await _receive_head(conn, scope, read_timeout, retry, failed)
+    raise _read_timeout(read_timeout)
+
+
+async def _receive_head(
+    conn: _Connection,
+    scope: trio.CancelScope,
+    seconds: float,
+    retry: bool,
+    failed: httpx2.WriteError | None,
+) -> h11.Response:
+    """Read up to the response head, each read bounded by `seconds` through `scope`'s deadline.
+
+    `retry`: if the origin answers nothing at all, raise _Stale. `failed`: the request could
+    not be sent whole; if nothing comes back either, that is the error to report.
+    """
+    h = conn.h11
+    stream = conn.stream
+    got = False
+    while True:
+        event = h.next_event()
+        if isinstance(event, h11.Response):
+            return event
+        if event is h11.NEED_DATA:
+            scope.deadline = trio.current_time() + seconds
+            try:
+                received = await stream.receive_some(READ_SIZE)
+            except _ERRORS as exc:
+                if got:
+                    raise _read_error(exc) from exc
+                if retry:
+                    raise _Stale from None
+                if failed is not None:
+                    raise failed from None
+                raise _read_error(exc) from exc
+            if not received and not got:
+                if retry:
+                    raise _Stale
+                if failed is not None:
+                    raise failed
+                raise httpx2.RemoteProtocolError(
+                    "the origin closed the connection without answering"
+                )
+            got = True
+            h.receive_data(received)  # type: ignore[arg-type]  # any bytes-like, says h11
+        elif not isinstance(event, h11.InformationalResponse):
+            raise httpx2.RemoteProtocolError("the origin closed the connection mid-answer")
 
 
 async def _close_body(body: AsyncIterator[bytes]) -> None:
@@ -216,15 +319,17 @@ class OriginPool(httpx2.AsyncBaseTransport):
             if isinstance(exc, h11.LocalProtocolError):
                 raise httpx2.LocalProtocolError(str(exc)) from exc
             raise
+        body = _ResponseBody(self, conn, read_timeout)
         return httpx2.Response(
             status_code=event.status_code,
             headers=event.headers.raw_items(),
-            stream=_ResponseBody(self, conn, read_timeout),
+            stream=body,
             extensions={
                 "reason_phrase": event.reason,
                 "http_version": _HTTP11
                 if event.http_version == b"1.1"
                 else b"HTTP/" + event.http_version,
+                BODY_EXTENSION: body,
             },
         )
 
@@ -240,60 +345,35 @@ class OriginPool(httpx2.AsyncBaseTransport):
     ) -> h11.Response:
         """Send the request and read the response head.
 
-        The head goes out with the first body chunk (and the end, for a body that has one
-        chunk or none) in one write: a bodiless GET is a single send_all.
+        The head goes out with the first body chunk (or with the end, for a request without
+        a body) in one write: a bodiless GET is a single send_all.
         """
         h = conn.h11
         data = h.send(head) or b""
         if first:
             data += _send(h, h11.Data(data=first))
         if ended:
-            data += _send(h, h11.EndOfMessage())
+            data += _send(h, _END)
+            # Nothing coming back on a connection that was idle means the origin closed it
+            # as we sent: safe to send again only if there was no body to lose.
+            retry = conn.reused and not first
+            return await _send_and_receive_head(conn, data, retry, read_timeout, write_timeout)
         failed: httpx2.WriteError | None = None
         try:
             await conn.send_all(data, write_timeout)
-            if not ended:
-                async for chunk in body:
-                    if chunk:
-                        await conn.send_all(_send(h, h11.Data(data=chunk)), write_timeout)
-                data = _send(h, h11.EndOfMessage())
-                if data:
-                    await conn.send_all(data, write_timeout)
+            async for chunk in body:
+                if chunk:
+                    await conn.send_all(_send(h, h11.Data(data=chunk)), write_timeout)
+            data = _send(h, _END)
+            if data:
+                await conn.send_all(data, write_timeout)
         except httpx2.WriteError as exc:
             # The origin may have answered early and closed (a 413, say): read it anyway.
             failed = exc
             await _close_body(body)
-        # Nothing came back on a connection that was idle: the origin closed it as we sent.
-        # Safe to send again only if there was no body to lose.
-        retry = conn.reused and ended and not first
-        got = False
-        while True:
-            event = h.next_event()
-            if isinstance(event, h11.Response):
-                return event
-            if event is h11.NEED_DATA:
-                try:
-                    received = await conn.receive_some(read_timeout)
-                except httpx2.ReadError:
-                    if got:
-                        raise
-                    if retry:
-                        raise _Stale from None
-                    if failed is not None:
-                        raise failed from None
-                    raise
-                if not received and not got:
-                    if retry:
-                        raise _Stale
-                    if failed is not None:
-                        raise failed
-                    raise httpx2.RemoteProtocolError(
-                        "the origin closed the connection without answering"
-                    )
-                got = True
-                h.receive_data(received)  # type: ignore[arg-type]  # any bytes-like, says h11
-            elif not isinstance(event, h11.InformationalResponse):
-                raise httpx2.RemoteProtocolError("the origin closed the connection mid-answer")
+        with trio.CancelScope() as scope:
+            return await _receive_head(conn, scope, read_timeout, False, failed)
+        raise _read_timeout(read_timeout)
 
     async def _connect(self, key: Key, tls: bool, timeouts: Mapping[str, Any]) -> _Connection:
         timeout = timeouts.get("connect")

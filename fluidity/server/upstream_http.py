@@ -12,11 +12,11 @@ Failures before the response head become a short text/plain answer (403/502/504,
 
 from __future__ import annotations
 
-import contextlib
 import http.cookiejar
 import logging
+import re
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx2
@@ -27,7 +27,7 @@ from fluidity.tunnel import LinkClosed, StreamReset, TunnelStream
 
 from .activity import ActivityTracker
 from .egress import EgressPolicy, UpstreamError
-from .origin_pool import CLOSE_TIMEOUT, OriginPool
+from .origin_pool import BODY_EXTENSION, CLOSE_TIMEOUT, OriginPool
 
 log = logging.getLogger(__name__)
 
@@ -96,25 +96,79 @@ def make_client(
 
 # -- serving one Request stream -----------------------------------------------------------------
 
-#: Auth that does nothing: httpx2 would otherwise turn user:pass@ in the URL into Basic auth.
-_NO_AUTH = httpx2.Auth()
+
+class _NoAuthFlow(AsyncGenerator[httpx2.Request, httpx2.Response]):
+    """`httpx2.Auth`'s flow without its two generators: the request once, then done."""
+
+    __slots__ = ("_request",)
+
+    def __init__(self, request: httpx2.Request) -> None:
+        self._request: httpx2.Request | None = request
+
+    async def asend(self, value: httpx2.Response | None = None) -> httpx2.Request:
+        request, self._request = self._request, None
+        if request is None:
+            raise StopAsyncIteration
+        return request
+
+    __anext__ = asend
+
+    async def athrow(self, typ: Any, val: Any = None, tb: Any = None) -> httpx2.Request:
+        self._request = None  # as a finished generator would: raise what was thrown in
+        raise typ if val is None else val
+
+    async def aclose(self) -> None:
+        self._request = None
+
+
+class _NoAuth(httpx2.Auth):
+    """Auth that does nothing: httpx2 would otherwise turn user:pass@ in the URL into Basic
+    auth. (A plain `httpx2.Auth()` does the same through two generators per request.)"""
+
+    def async_auth_flow(
+        self, request: httpx2.Request
+    ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
+        return _NoAuthFlow(request)
+
+
+_NO_AUTH = _NoAuth()
 
 
 class _TunnelBody(httpx2.AsyncByteStream):
-    """The request body as it arrives from the tunnel."""
+    """The request body as it arrives from the tunnel: `first`, then what `stream` has left
+    (None: nothing). An iterator, not a generator: nothing to close if the exchange stops
+    reading it early."""
 
-    def __init__(self, stream: TunnelStream, first: bytes, activity: ActivityTracker) -> None:
+    __slots__ = ("_activity", "_first", "_stream")
+
+    def __init__(
+        self, stream: TunnelStream | None, first: bytes, activity: ActivityTracker
+    ) -> None:
         self._stream = stream
         self._first = first
         self._activity = activity
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
         if self._first:
             first, self._first = self._first, b""
-            yield first
-        while data := await self._stream.receive_some(READ_SIZE):
-            self._activity.touch()
-            yield data
+            return first
+        stream = self._stream
+        if stream is not None:
+            data = await stream.receive_some(READ_SIZE)
+            if data:
+                self._activity.touch()
+                return data
+            self._stream = None
+        raise StopAsyncIteration
+
+
+#: After the scheme: the authority runs to the first "/" or "?", the target from there to "#".
+_TARGET = re.compile(rb"[^/?]*+([^#]*)")
+#: What a request target may hold: printable ASCII, no space.
+_PRINTABLE = bytes(range(0x21, 0x7F))
 
 
 def _origin_form(url: bytes) -> bytes | None:
@@ -125,17 +179,14 @@ def _origin_form(url: bytes) -> bytes | None:
     _, sep, rest = url.partition(b"://")
     if not sep:
         return None
-    cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
-    target = rest[cut:].split(b"#", 1)[0]
+    match = _TARGET.match(rest)
+    assert match is not None  # both parts may be empty
+    target = match[1]
     if not target.startswith(b"/"):
         target = b"/" + target
-    if any(b <= 0x20 or b >= 0x7F for b in target):
+    if target.translate(None, _PRINTABLE):
         return None
     return target
-
-
-def _header_names(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
-    return {name.lower() for name, _ in headers}
 
 
 def _label(stream: TunnelStream, head: Request) -> str:
@@ -149,7 +200,7 @@ def _label(stream: TunnelStream, head: Request) -> str:
 
 
 async def _build_request(
-    stream: TunnelStream, head: Request, activity: ActivityTracker
+    stream: TunnelStream, head: Request, activity: ActivityTracker, timeouts: httpx2.Timeout
 ) -> httpx2.Request:
     try:
         url = httpx2.URL(head.url.decode("utf-8"))
@@ -158,17 +209,21 @@ async def _build_request(
     if url.scheme not in ("http", "https") or not url.host:
         raise UpstreamError(400, "the request URL must be absolute http:// or https://")
     headers = list(head.headers)
-    names = _header_names(headers)
+    names = {name.lower() for name, _ in headers}
     if b"host" not in names:
         headers.insert(0, (b"Host", url.netloc))
     first = b""
-    if not head.end_stream and not names & {b"content-length", b"transfer-encoding"}:
+    more = not head.end_stream
+    if more and b"content-length" not in names and b"transfer-encoding" not in names:
         # A body of unknown length needs chunked framing, but only if there is a body.
         first = await stream.receive_some(READ_SIZE)
         if first:
             activity.touch()
             headers.append((b"Transfer-Encoding", b"chunked"))
-    extensions: dict[str, Any] = {}
+        else:
+            more = False
+    # The client's timeouts, as client.send would set them (but without copying them twice).
+    extensions: dict[str, Any] = {"timeout": timeouts.as_dict()}
     target = _origin_form(head.url)
     if target is not None:
         extensions["target"] = target
@@ -176,7 +231,7 @@ async def _build_request(
         head.method.decode("ascii", "replace"),
         url,
         headers=headers,
-        stream=_TunnelBody(stream, first, activity),
+        stream=_TunnelBody(stream if more else None, first, activity),
         extensions=extensions,
     )
 
@@ -229,7 +284,7 @@ async def serve_request(
     head = stream.head
     assert isinstance(head, Request)
     try:
-        request = await _build_request(stream, head, activity)
+        request = await _build_request(stream, head, activity, client.timeout)
         response = await client.send(request, stream=True, auth=_NO_AUTH, follow_redirects=False)
     except (UpstreamError, httpx2.HTTPError) as exc:
         error = exc if isinstance(exc, UpstreamError) else _translate(exc)
@@ -237,6 +292,7 @@ async def serve_request(
         await _answer_error(stream, error)
         await _drain(stream)
         return
+    finished = False
     try:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: %d", _label(stream, head), response.status_code)
@@ -249,19 +305,23 @@ async def serve_request(
                 tuple(response.headers.raw),
             )
         )
+        # The pool's body stream itself: aiter_raw() would add two generators per chunk.
+        chunks: AsyncIterator[bytes] = response.extensions[BODY_EXTENSION]
         try:
-            async with contextlib.aclosing(response.aiter_raw()) as chunks:
-                async for chunk in chunks:
-                    activity.touch()
-                    await stream.send_all(chunk)
+            async for chunk in chunks:
+                activity.touch()
+                await stream.send_all(chunk)
         except httpx2.HTTPError as exc:
             error = _translate(exc)
             log.info("%s: response body failed: %s", _label(stream, head), error.reason)
             stream.reset(ErrorCode.UPSTREAM_ERROR, error.reason)
             return
+        # Read to the end, the body released its connection: closing the response now
+        # would only note the time.
+        finished = True
         await stream.send_eof()
     finally:
-        if not response.is_closed:  # read to the end, it closed itself
+        if not finished:
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                 await response.aclose()
     await _drain(stream)

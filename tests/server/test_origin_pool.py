@@ -458,6 +458,72 @@ async def test_an_origin_that_reads_nothing_is_a_write_timeout(
                 await client.post(origin.url(), content=endless)
 
 
+# A bodiless request waits for its one write and for the answer under one cancel scope:
+# which wait ran out must still pick the error and its timeout. (A head too big for the
+# socket buffers makes the write wait.)
+
+HUGE = {"X-Padding": "x" * (16 * MB)}
+
+
+async def test_a_request_head_the_origin_does_not_read_is_a_write_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def deaf(peer: Peer, index: int) -> None:
+        await trio.sleep_forever()
+
+    with trio.fail_after(100):
+        async with (
+            scripted_origin(deaf) as origin,
+            pooled(read_timeout=30, write_timeout=20) as (client, pool),
+        ):
+            start = trio.current_time()
+            with pytest.raises(httpx2.WriteTimeout, match="the origin read nothing for 20 s"):
+                await client.get(origin.url(), headers=HUGE)
+            waited = trio.current_time() - start
+            assert pool.statistics().idle == 0
+    assert 20 <= waited < 21
+
+
+async def test_the_read_timeout_starts_when_the_write_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def slow_then_silent(peer: Peer, index: int) -> None:
+        await trio.sleep(15)  # the write waits 15 s of its 20
+        seen = b""
+        while b"\r\n\r\n" not in seen:  # the whole head, read and dropped
+            seen = seen[-3:] + await peer.stream.receive_some(MB)
+        await trio.sleep_forever()
+
+    with trio.fail_after(100):
+        async with (
+            scripted_origin(slow_then_silent) as origin,
+            pooled(read_timeout=30, write_timeout=20) as (client, _),
+        ):
+            start = trio.current_time()
+            with pytest.raises(httpx2.ReadTimeout, match="the origin sent nothing for 30 s"):
+                await client.get(origin.url(), headers=HUGE)
+            waited = trio.current_time() - start
+    assert 45 <= waited < 46
+
+
+async def test_a_write_that_ends_past_its_deadline_still_gets_the_answer(
+    origin: HTTPOrigin, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    real_send_all = trio.SocketStream.send_all
+
+    async def slow_to_return(self: trio.SocketStream, data: bytes | bytearray | memoryview) -> None:
+        await real_send_all(self, data)
+        if self.socket.getpeername()[1] == origin.port:  # the client's side only
+            with trio.CancelScope(shield=True):
+                await trio.sleep(25)  # the write's 20 s deadline passes, but it completed
+
+    monkeypatch.setattr(trio.SocketStream, "send_all", slow_to_return)
+    with trio.fail_after(100):
+        async with pooled(read_timeout=30, write_timeout=20) as (client, _):
+            response = await client.get(origin.url("/echo"))
+    assert response.status_code == 200
+
+
 async def test_connect_errors_pass_through_untouched(origin: HTTPOrigin) -> None:
     with trio.socket.socket() as sock:  # a port with nothing listening
         await sock.bind((HOST, 0))

@@ -12,6 +12,7 @@ import trio.testing
 
 from fluidity.protocol import ErrorCode, Request, Response
 from fluidity.server.egress import EgressPolicy
+from fluidity.server.upstream_http import _origin_form
 from fluidity.tunnel import StreamReset
 from tests.server.harness import exchange, read_all, serving
 from tests.support.origins import (
@@ -50,6 +51,32 @@ async def test_the_request_target_is_passed_on_unnormalized(origin: HTTPOrigin) 
         async with serving() as env:
             result = await exchange(env.agent, "GET", origin.url("/echo/a/../b/./c?x=%41&y=a+b"))
     assert result.json()["target"] == "/echo/a/../b/./c?x=%41&y=a+b"
+
+
+async def test_credentials_in_the_url_are_not_turned_into_basic_auth(origin: HTTPOrigin) -> None:
+    url = origin.url("/echo").replace("http://", "http://user:s3cret@")
+    with trio.fail_after(10):
+        async with serving() as env:
+            result = await exchange(env.agent, "GET", url)
+    assert result.status == 200
+    assert result.json()["headers"] == [["Host", f"127.0.0.1:{origin.port}"]]
+
+
+@pytest.mark.parametrize(
+    ("url", "target"),
+    [
+        (b"http://h", b"/"),
+        (b"http://h?q=1", b"/?q=1"),
+        (b"http://u:p@h:81/a/../b?x=%41#frag", b"/a/../b?x=%41"),
+        (b"http://h/a#b c", b"/a"),  # what follows "#" is never sent
+        (b"http://h/a b", None),
+        (b"http://h/\x7f", None),
+        (b"http://h/caf\xc3\xa9", None),
+        (b"h/no-scheme", None),
+    ],
+)
+def test_the_origin_form_target_is_the_agents_or_none(url: bytes, target: bytes | None) -> None:
+    assert _origin_form(url) == target
 
 
 async def test_post_with_content_length_keeps_it(origin: HTTPOrigin) -> None:
