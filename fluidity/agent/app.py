@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import signal
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import trio
 
@@ -20,6 +23,8 @@ from .proxy import Proxy, ProxySettings
 from .tunnel_client import Lifecycle, TunnelClient
 
 log = logging.getLogger("fluidity.agent")
+
+StreamT = TypeVar("StreamT", bound=trio.abc.AsyncResource)
 
 #: How long stopping the server may hold up the agent's exit.
 KILL_TIMEOUT = 10.0
@@ -111,13 +116,8 @@ async def _serve(
             async with trio.open_nursery() as handlers:
                 accept_scope = trio.CancelScope()
 
-                async def accept() -> None:
-                    with accept_scope:
-                        await trio.serve_listeners(
-                            proxy.handle, listeners, handler_nursery=handlers
-                        )
-
-                nursery.start_soon(accept)
+                for listener in listeners:
+                    nursery.start_soon(_accept, listener, proxy.handle, handlers, accept_scope)
                 where = f"{config.listen_host}:{port}"
                 log.info("proxy listening on http://%s (tunnel to %s:%d)", where,
                          config.server_host, config.server_port)  # fmt: skip
@@ -139,6 +139,31 @@ async def _serve(
             with trio.move_on_after(2.0):
                 await tunnel.drain()
             nursery.cancel_scope.cancel()
+
+
+#: accept() failures that mean "out of descriptors or memory for now": wait, then go on.
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+
+async def _accept(
+    listener: trio.abc.Listener[StreamT],
+    handler: Callable[[StreamT], Awaitable[None]],
+    handlers: trio.Nursery,
+    scope: trio.CancelScope,
+) -> None:
+    """trio.serve_listeners' loop, minus its per-connection aclose_forcefully (~20 us of
+    cancellation machinery): Proxy.handle closes every connection itself."""
+    with scope:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.error("accept failed: %s; retrying in 0.1 s", os.strerror(exc.errno))
+                await trio.sleep(0.1)
+            else:
+                handlers.start_soon(handler, stream)
 
 
 async def _kill(control: ControlPlane) -> None:

@@ -576,6 +576,7 @@ async def phase_ttfb(bench: Bench) -> dict[str, Any]:
             "failures": dict(failures),
             "cpu_percent_of_one_core": w.cpu_percent,
             "background_cpu_percent": w.background_cpu_percent,
+            "watched_seconds": round(w.seconds, 3),
         }
         if first:  # CPU per tunnel: what each process spends to open, use and close one
             result["cpu_us_per_tunnel"] = {
