@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import types
@@ -106,3 +107,29 @@ def test_missing_certs_say_how_to_make_them(no_logging_setup: list[tuple[str, st
     assert result.exit_code == 2
     assert "ca_cert is required" in result.output
     assert "fluidity certs init" in result.output
+
+
+def test_startup_objects_are_frozen_before_the_process_runs(
+    monkeypatch: pytest.MonkeyPatch, cert_dir: Path, no_logging_setup: list[tuple[str, str]]
+) -> None:
+    """What exists at startup is left out of later collections (short full GC passes)."""
+    frozen: list[int] = []
+
+    def run(config: object) -> int:
+        frozen.append(gc.get_freeze_count())
+        return 0
+
+    monkeypatch.setitem(sys.modules, "fluidity.server.app", types.SimpleNamespace(run=run))
+    args = [
+        "--server-cert", str(cert_dir / "server.pem"),
+        "--server-key", str(cert_dir / "server-key.pem"),
+        "--ca-cert", str(cert_dir / "ca.pem"),
+    ]  # fmt: skip
+    gc.unfreeze()
+    try:
+        result = CliRunner().invoke(server_cli.main, args, env={})
+    finally:
+        gc.unfreeze()
+    assert result.exit_code == 0, result.output
+    [count] = frozen
+    assert count > 1000  # the modules, classes and functions loaded so far
