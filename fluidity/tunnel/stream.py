@@ -146,16 +146,21 @@ class TunnelStream:
         if self._local_ended:
             raise trio.ClosedResourceError("this side of the stream is already closed")
 
+    def _credit_now(self, want: int) -> int:
+        """How many of `want` bytes may go now (0: wait for credit or queue room)."""
+        self._check_usable()
+        link = self._link
+        credit = link.conn.send_window(self.stream_id)
+        room = link.config.stream_send_buffer - self.queued
+        if credit > 0 and room > 0:
+            return min(want, credit, room, link.conn.max_send_data)
+        return 0
+
     async def _wait_credit(self, want: int) -> int:
         """Wait until some credit and queue room exist; return how many bytes may go now."""
-        link = self._link
-        while True:
-            self._check_usable()
-            credit = link.conn.send_window(self.stream_id)
-            room = link.config.stream_send_buffer - self.queued
-            if credit > 0 and room > 0:
-                return min(want, credit, room, link.conn.max_send_data)
+        while not (n := self._credit_now(want)):
             await self._send_lot.park()
+        return n
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send bytes on a Request or Connect stream, waiting for credit as needed."""
@@ -176,7 +181,7 @@ class TunnelStream:
             return
         whole = data if isinstance(data, bytes) else None
         while True:
-            n = await self._wait_credit(len(view)) if view else 0
+            n = self._credit_now(len(view)) or await self._wait_credit(len(view))
             # When it all fits in one frame, send the caller's bytes object: no copy.
             chunk = whole if whole is not None and n == len(whole) else bytes(view[:n])
             whole = None
