@@ -118,6 +118,8 @@ def _denied(host: str, address: str | None = None) -> EgressDenied:
 
 
 def _literal(host: str) -> IPAddress | None:
+    if not (host[:1].isdigit() or ":" in host):
+        return None  # a name: no address literal starts otherwise (and no exception to pay)
     try:
         return ipaddress.ip_address(host)
     except ValueError:
@@ -190,7 +192,7 @@ async def open_tcp(
                     stream.socket.close()
                     last = exc
                     continue
-                if not policy.allows(peer):
+                if peer != candidate[3][0] and not policy.allows(peer):  # else checked above
                     stream.socket.close()
                     raise _denied(host, peer)
                 return stream

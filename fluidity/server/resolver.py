@@ -47,8 +47,9 @@ class StaticResolver(trio.abc.HostnameResolver):
         name = _normalize(host.decode("ascii")) if host is not None else None
         address = self.hosts.get(name) if name is not None else None
         if address is not None:
-            # A numeric lookup: the C library answers it without any query.
-            await trio.lowlevel.checkpoint()
+            # A numeric lookup: the C library answers it without any query (nothing to wait
+            # for, so no trip through the scheduler either).
+            await trio.lowlevel.checkpoint_if_cancelled()
             return cast(
                 "list[_AddrInfo]",
                 socket.getaddrinfo(
