@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+import trio.testing
 
 from fluidity.server.resolver import StaticResolver, install
 from tests.server.harness import TEST_HOSTS
@@ -76,3 +77,12 @@ async def echo_origin() -> AsyncIterator[TCPOrigin]:
 async def ws_origin() -> AsyncIterator[WebSocketOrigin]:
     async with websocket_origin() as running:
         yield running
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    """pytest-trio's, but virtual time jumps only after 20 ms of real idleness: these tests
+    move bytes over real sockets, where both ends can look blocked for a moment (the kernel
+    acknowledges loopback data a little later), and a jump then would fire a timeout that
+    never really ran out."""
+    return trio.testing.MockClock(autojump_threshold=0.02)
