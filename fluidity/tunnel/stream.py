@@ -232,26 +232,34 @@ class TunnelStream:
         self.buffered -= size
         self._link._acknowledge(self.stream_id, size)
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        """Next bytes of a Request/Connect stream; b"" once the peer has ended its side."""
+    def _take(self, max_bytes: int | None) -> bytes | None:
+        """Up to `max_bytes` of what has arrived; b"" at the end; None if nothing is here."""
         if self._partial is not None:
             piece = self._partial[:max_bytes] if max_bytes else self._partial
             rest = self._partial[len(piece) :]
             self._partial = rest if rest else None
             self._consumed(len(piece))
-            await trio.lowlevel.checkpoint_if_cancelled()
             return bytes(piece)
-        message = await self._next_inbound()
-        if message is None:
+        if self._inbox:
+            message = self._inbox.popleft()
+            assert isinstance(message, Data), f"{type(message).__name__} on a byte stream"
+            data = message.data
+            if max_bytes is not None and len(data) > max_bytes:
+                self._partial = memoryview(data)[max_bytes:]
+                data = data[:max_bytes]
+            self._consumed(len(data))
+            return data  # b"" for the bare end-of-stream frame
+        if self._remote_ended:  # the peer's side is complete, whatever happened since
             return b""
-        assert isinstance(message, Data)
-        data = message.data
-        if max_bytes is not None and len(data) > max_bytes:
-            self._partial = memoryview(data)[max_bytes:]
-            data = data[:max_bytes]
-        self._consumed(len(data))
-        if not data:  # the bare end-of-stream frame
-            return b""
+        if self._error is not None:
+            raise self._error
+        return None
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Next bytes of a Request/Connect stream; b"" once the peer has ended its side."""
+        while (data := self._take(max_bytes)) is None:
+            await self._receive_lot.park()
+        await trio.lowlevel.checkpoint_if_cancelled()
         return data
 
     def receive_nowait(self) -> bytes | None:
@@ -260,23 +268,7 @@ class TunnelStream:
         Lets a relay gather a response head and the body bytes that arrived with it into
         one write to its client.
         """
-        if self._partial is not None:
-            data = bytes(self._partial)
-            self._partial = None
-        elif self._inbox:
-            message = self._inbox[0]
-            if not isinstance(message, Data):
-                return None
-            self._inbox.popleft()
-            data = message.data
-        elif self._remote_ended:
-            return b""
-        elif self._error is not None:
-            raise self._error
-        else:
-            return None
-        self._consumed(len(data))
-        return data
+        return self._take(None)
 
     async def receive_ws(self) -> WebSocketMessage | WebSocketClose | None:
         """Next WebSocket fragment or close; None if the stream ended without a close."""
