@@ -12,6 +12,7 @@ Failures before the response head become a short text/plain answer (403/502/504,
 
 from __future__ import annotations
 
+import functools
 import http.cookiejar
 import logging
 import re
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 #: After the reply is complete, how long to read (and discard) what is left of the request body.
 DRAIN_TIMEOUT = 10.0
 READ_SIZE = 64 * 1024
+#: Parsed origins (`scheme://authority`) kept for reuse.
+ORIGIN_URLS = 256
 
 
 # -- the shared client ------------------------------------------------------------------------
@@ -171,22 +174,52 @@ _TARGET = re.compile(rb"[^/?]*+([^#]*)")
 _PRINTABLE = bytes(range(0x21, 0x7F))
 
 
-def _origin_form(url: bytes) -> bytes | None:
-    """The request target exactly as the agent wrote it, or None if it is not safe to send.
+def _split(url: bytes) -> tuple[bytes, bytes] | None:
+    """`scheme://authority` and the request target exactly as the agent wrote them, or None
+    if the URL has no scheme or its target is not safe to send as it is.
 
     httpx2 would normalize the path (dot segments, escapes); a proxy passes it on unchanged.
     """
-    _, sep, rest = url.partition(b"://")
-    if not sep:
+    start = url.find(b"://")
+    if start < 0:
         return None
-    match = _TARGET.match(rest)
+    match = _TARGET.match(url, start + 3)
     assert match is not None  # both parts may be empty
     target = match[1]
-    if not target.startswith(b"/"):
-        target = b"/" + target
     if target.translate(None, _PRINTABLE):
         return None
-    return target
+    if not target.startswith(b"/"):
+        target = b"/" + target
+    return url[: match.start(1)], target
+
+
+def _origin_form(url: bytes) -> bytes | None:
+    """The request target exactly as the agent wrote it, or None if it is not safe to send."""
+    parts = _split(url)
+    return None if parts is None else parts[1]
+
+
+@functools.lru_cache(maxsize=ORIGIN_URLS)
+def _origin_url(origin: str) -> httpx2.URL:
+    """The parsed `scheme://authority`: a proxy's requests keep going to the same few
+    origins, and parsing and checking the host each time costs more than the rest of the
+    request's setup. httpx2.URL is immutable, so one object serves every request."""
+    return httpx2.URL(origin)
+
+
+def _request_url(raw: bytes) -> tuple[httpx2.URL, bytes | None]:
+    """The URL to hand httpx2, and the target to send (None: let httpx2 encode the path).
+
+    A target we send as it is travels in the request's "target" extension, so the URL needs
+    only the origin; credentials in it are never cached.
+    """
+    parts = _split(raw)
+    if parts is None:
+        return httpx2.URL(raw.decode("utf-8")), None
+    origin, target = parts
+    if b"@" in origin:
+        return httpx2.URL(origin.decode("utf-8")), target
+    return _origin_url(origin.decode("utf-8")), target
 
 
 def _label(stream: TunnelStream, head: Request) -> str:
@@ -203,7 +236,7 @@ async def _build_request(
     stream: TunnelStream, head: Request, activity: ActivityTracker, timeouts: httpx2.Timeout
 ) -> httpx2.Request:
     try:
-        url = httpx2.URL(head.url.decode("utf-8"))
+        url, target = _request_url(head.url)
     except (UnicodeDecodeError, httpx2.InvalidURL):
         raise UpstreamError(400, "the request URL is not valid") from None
     if url.scheme not in ("http", "https") or not url.host:
@@ -224,7 +257,6 @@ async def _build_request(
             more = False
     # The client's timeouts, as client.send would set them (but without copying them twice).
     extensions: dict[str, Any] = {"timeout": timeouts.as_dict()}
-    target = _origin_form(head.url)
     if target is not None:
         extensions["target"] = target
     return httpx2.Request(

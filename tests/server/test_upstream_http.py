@@ -6,13 +6,14 @@ import hashlib
 import itertools
 import logging
 
+import httpx2
 import pytest
 import trio
 import trio.testing
 
 from fluidity.protocol import ErrorCode, Request, Response
 from fluidity.server.egress import EgressPolicy
-from fluidity.server.upstream_http import _origin_form
+from fluidity.server.upstream_http import _origin_form, _request_url
 from fluidity.tunnel import StreamReset
 from tests.server.harness import exchange, read_all, serving
 from tests.support.origins import (
@@ -77,6 +78,35 @@ async def test_credentials_in_the_url_are_not_turned_into_basic_auth(origin: HTT
 )
 def test_the_origin_form_target_is_the_agents_or_none(url: bytes, target: bytes | None) -> None:
     assert _origin_form(url) == target
+
+
+def test_requests_to_one_origin_share_its_parsed_url() -> None:
+    first, first_target = _request_url(b"http://shared.test:8080/a?x=1")
+    second, second_target = _request_url(b"http://shared.test:8080/b/../c")
+    assert first is second
+    assert (first.scheme, first.host, first.port) == ("http", "shared.test", 8080)
+    assert (first_target, second_target) == (b"/a?x=1", b"/b/../c")
+
+
+def test_urls_with_credentials_are_parsed_each_time_and_never_kept() -> None:
+    raw = b"http://user:s3cret@creds.test/p"
+    first, target = _request_url(raw)
+    second, _ = _request_url(raw)
+    assert target == b"/p"
+    assert first == second
+    assert first is not second
+
+
+def test_a_target_unsafe_to_send_as_is_is_left_to_httpx2() -> None:
+    url, target = _request_url(b"http://h.test/a b")
+    assert target is None
+    assert url.raw_path == b"/a%20b"
+
+
+@pytest.mark.parametrize("raw", [b"http://h.test:abc/", b"http://h\xff.test/", b"http://[::1/"])
+def test_a_bad_origin_is_an_error(raw: bytes) -> None:
+    with pytest.raises((httpx2.InvalidURL, UnicodeDecodeError)):
+        _request_url(raw)
 
 
 async def test_post_with_content_length_keeps_it(origin: HTTPOrigin) -> None:
