@@ -695,6 +695,8 @@ def load_config(
             continue
         key = var[len(ENV_PREFIX) :].lower()
         if key not in settings:
+            if _belongs_to_other(cls, key):
+                continue  # one shell may start both processes: each takes its own variables
             raise _unknown(cls, key, f"environment variable {var}", env=True)
         values[key] = _coerce(settings[key], raw, f"in environment variable {var}")
     for key, raw in flags.items():
@@ -741,12 +743,17 @@ def _read_yaml(cls: type[Any], path: str) -> dict[str, object]:
     return data
 
 
+def _belongs_to_other(cls: type[Any], key: str) -> bool:
+    other = _OTHER.get(cls)
+    return other is not None and key in _settings(other)
+
+
 def _unknown(cls: type[Any], key: str, where: str, *, env: bool) -> ConfigError:
     settings = _settings(cls)
     shown = ENV_PREFIX + key.upper() if env else f"key `{key}`"
     location = "" if env else f" in {where}"
     other = _OTHER.get(cls)
-    if other is not None and key in _settings(other):
+    if other is not None and _belongs_to_other(cls, key):
         return ConfigError(
             f"{shown}{location} is a setting of the {_label(other)}, not of the {_label(cls)}; "
             f"remove it from the {_label(cls)}'s configuration",

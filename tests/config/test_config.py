@@ -177,9 +177,16 @@ def test_unknown_env_var_suggests_the_closest() -> None:
     assert "did you mean FLUIDITY_SERVER_PORT?" in str(info.value)
 
 
-def test_env_var_of_the_other_process() -> None:
-    with pytest.raises(ConfigError, match="FLUIDITY_CLIENT_KEY is a setting of the agent"):
-        load_server(env={"FLUIDITY_CLIENT_KEY": "x"})
+def test_env_vars_of_the_other_process_are_left_to_it(server_certs: dict[str, str]) -> None:
+    # One shell may export both processes' settings; each takes its own.
+    env = {"FLUIDITY_" + key.upper(): value for key, value in server_certs.items()}
+    config = load_server(env={**env, "FLUIDITY_CLIENT_KEY": "x", "FLUIDITY_LISTEN_PORT": "9000"})
+    assert config.listen_port == 9000
+
+
+def test_a_misspelt_env_var_is_still_an_error_with_the_other_process_known() -> None:
+    with pytest.raises(ConfigError, match="unknown setting FLUIDITY_CLIENT_KYE"):
+        load_server(env={"FLUIDITY_CLIENT_KYE": "x"})
 
 
 def test_env_values_are_parsed(server_certs: dict[str, str]) -> None:
