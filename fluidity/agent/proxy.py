@@ -30,7 +30,14 @@ from fluidity.protocol import (
     WebSocketAck,
     WebSocketOpen,
 )
-from fluidity.tunnel import Link, LinkClosed, StreamReset, TunnelError, TunnelStream
+from fluidity.tunnel import (
+    Link,
+    LinkClosed,
+    StreamLimit,
+    StreamReset,
+    TunnelError,
+    TunnelStream,
+)
 
 from . import headers as hdr
 from .headers import BadRequest
@@ -301,6 +308,13 @@ class ClientConnection:
             return False
         except TunnelUnavailable as exc:
             await self._send_simple(502, str(exc))
+            return False
+        except StreamLimit as exc:
+            # The tunnel works but carries as many streams as the server allows: busy, not
+            # broken; the client may try again shortly.
+            await self._send_simple(
+                503, f"the tunnel is busy: {exc}", extra=[(b"retry-after", b"1")]
+            )
             return False
 
     # -- the agent's own endpoints --------------------------------------------------------

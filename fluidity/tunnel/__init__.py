@@ -1,6 +1,6 @@
 """The trio shell around the protocol: links (the multiplexer) and their streams."""
 
-from .errors import LinkClosed, StreamReset, TunnelError
+from .errors import LinkClosed, StreamLimit, StreamReset, TunnelError
 from .link import Link, LinkConfig, LinkStatistics, open_link, serve_link
 from .stream import Reply, TunnelStream
 
@@ -10,6 +10,7 @@ __all__ = [
     "LinkConfig",
     "LinkStatistics",
     "Reply",
+    "StreamLimit",
     "StreamReset",
     "TunnelError",
     "TunnelStream",

@@ -5,7 +5,9 @@
     TunnelError
     ├── LinkClosed     the link ended (closed, lost, keepalive timeout, protocol error);
     │                  every open stream fails with it
-    └── StreamReset    this stream was reset by the peer or by us; others go on
+    ├── StreamReset    this stream was reset by the peer or by us; others go on
+    └── StreamLimit    no stream could be opened in time: the peer's limit of concurrent
+                       streams stayed reached (the link itself is fine)
 """
 
 from __future__ import annotations
@@ -31,3 +33,7 @@ class StreamReset(TunnelError):
         who = "peer" if by_peer else "local side"
         super().__init__(f"stream reset by {who} ({name}){': ' + message if message else ''}")
         self.message = message
+
+
+class StreamLimit(TunnelError):
+    """The peer's limit of concurrent streams stayed reached for the whole open timeout."""

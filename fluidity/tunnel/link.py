@@ -43,7 +43,7 @@ from fluidity.protocol import (
     encode,
 )
 
-from .errors import LinkClosed, StreamReset
+from .errors import LinkClosed, StreamLimit, StreamReset
 from .stream import TunnelStream
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,8 @@ class Link:
     async def open_stream(self, head: Opening) -> TunnelStream:
         """Agent side: open a stream with `head` (its stream_id is replaced by the next id).
 
-        Waits (up to `open_timeout`) while the peer's stream limit is reached.
+        Waits (up to `open_timeout`) while the peer's stream limit is reached, then raises
+        StreamLimit.
         """
         if not self.conn.can_open_stream():
             with trio.move_on_after(self.config.open_timeout):
@@ -161,7 +162,11 @@ class Link:
                     await self._slots_lot.park()
             if not self.conn.can_open_stream():
                 self._check_open()
-                raise LinkClosed(f"no free stream slot within {self.config.open_timeout} s")
+                limit = len(self.conn.streams)  # the peer's max_streams, all in use
+                raise StreamLimit(
+                    f"the server's limit of {limit} concurrent streams was still reached "
+                    f"after {self.config.open_timeout:g} s"
+                )
         self._check_open()
         head = attrs.evolve(head, stream_id=self.conn.next_stream_id())
         stream = TunnelStream(self, head, _KINDS[type(head)])
