@@ -19,6 +19,7 @@ from fluidity.tunnel import LinkClosed, StreamReset, TunnelStream
 
 from .activity import ActivityTracker
 from .egress import EgressPolicy
+from .origin_pool import OriginPool
 from .upstream_connect import serve_connect
 from .upstream_http import make_client, serve_request
 from .upstream_ws import DEFAULT_MAX_MESSAGE, serve_websocket
@@ -91,8 +92,10 @@ async def open_stream_handler(
     """
     policy = policy if policy is not None else EgressPolicy()
     context = verify if verify is not None else ssl.create_default_context()
-    client = make_client(policy, connect_timeout, read_timeout, verify=context)
-    async with client:
+    pool = OriginPool(policy, connect_timeout, context)
+    client = make_client(policy, connect_timeout, read_timeout, pool=pool)
+    async with client, trio.open_nursery() as nursery:
+        nursery.start_soon(pool.close_expired)
         yield StreamHandler(
             policy,
             client,
@@ -102,3 +105,4 @@ async def open_stream_handler(
             context,
             max_ws_message,
         )
+        nursery.cancel_scope.cancel()

@@ -3,7 +3,9 @@
 httpcore's pool cost about 330 µs of CPU per small request (it scans every pooled connection,
 with a poll() each, on every request and release); this one does what the proxy needs and no
 more: one h11 connection per socket, idle sockets kept newest first per (scheme, host, port),
-one readability check when one is taken, no lock and no task of its own.
+one readability check when one is taken, no lock. `close_expired`, run beside the pool, closes
+idle sockets as they expire, so an origin that keeps them open does not hold them until the
+next request.
 
 Every connection is opened by `egress.open_tcp`, so the policy sees it; its `UpstreamError`s
 pass through untouched, status and all. Other failures become httpx2's exceptions with a short
@@ -255,6 +257,8 @@ class OriginPool(httpx2.AsyncBaseTransport):
         #: Every idle connection, oldest first (a dict keeps insertion order).
         self._by_age: dict[_Connection, None] = {}
         self._closed = False
+        #: Where close_expired waits while nothing is idle.
+        self._idle_added = trio.lowlevel.ParkingLot()
 
     def statistics(self) -> PoolStatistics:
         return PoolStatistics(idle=len(self._by_age))
@@ -445,21 +449,45 @@ class OriginPool(httpx2.AsyncBaseTransport):
             idle.append(conn)
         by_age = self._by_age
         by_age[conn] = None
-        # Over the cap, or the oldest expired: close oldest first (no scan, no timer task).
+        if len(by_age) == 1 and self._idle_added:  # it was waiting for this one
+            self._idle_added.unpark_all()
+        # Over the cap, or the oldest expired: close oldest first (no scan).
         while by_age:
             oldest = next(iter(by_age))
             if len(by_age) <= self._max_idle and oldest.expires > now:
                 break
-            del by_age[oldest]
-            siblings = self._idle[oldest.key]
-            siblings.remove(oldest)
-            if not siblings:
-                del self._idle[oldest.key]
-            await oldest.aclose()
+            await self._evict(oldest)
+
+    async def _evict(self, conn: _Connection) -> None:
+        """Close an idle connection and forget it."""
+        del self._by_age[conn]
+        siblings = self._idle[conn.key]
+        siblings.remove(conn)
+        if not siblings:
+            del self._idle[conn.key]
+        await conn.aclose()
+
+    async def close_expired(self) -> None:
+        """Close idle connections as they expire; run it in a nursery for the pool's life.
+
+        It sleeps until the oldest idle connection expires (newer ones expire later), or,
+        while none is idle, until one is released; closing the pool ends it.
+        """
+        while not self._closed:
+            if not self._by_age:
+                await self._idle_added.park()
+                continue
+            oldest = next(iter(self._by_age))
+            if oldest.expires > trio.current_time():
+                with trio.move_on_at(oldest.expires):
+                    await self._idle_added.park()
+            else:
+                await self._evict(oldest)
 
     async def aclose(self) -> None:
         """Close the idle connections; those in use close when their responses do."""
         self._closed = True
+        self._idle_added.unpark_all()  # close_expired returns
         idle = list(self._by_age)
         self._by_age.clear()
         self._idle.clear()

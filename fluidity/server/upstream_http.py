@@ -75,15 +75,18 @@ def make_client(
     read_timeout: float,
     *,
     verify: ssl.SSLContext | None = None,
+    pool: OriginPool | None = None,
 ) -> httpx2.AsyncClient:
     """The shared upstream client: a proxy's client, not a browser's (see the module doc).
 
-    `verify` is the TLS context for https origins; by default the system CA store.
+    `verify` is the TLS context for https origins; by default the system CA store. `pool` is
+    the transport, if the caller made it (to run its `close_expired`).
     """
     _redact_httpx_logs()
-    transport = OriginPool(policy, connect_timeout, verify or ssl.create_default_context())
+    if pool is None:
+        pool = OriginPool(policy, connect_timeout, verify or ssl.create_default_context())
     client = httpx2.AsyncClient(
-        transport=transport,
+        transport=pool,
         follow_redirects=False,
         cookies=_DiscardingCookieJar(),
         trust_env=False,

@@ -628,6 +628,46 @@ async def test_expired_connections_are_not_reused(
             assert pool.statistics().idle == 1
 
 
+async def test_idle_connections_are_closed_as_they_expire(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With close_expired running, an idle connection is closed when it expires, not at the
+    next request; one reused meanwhile lives on (its expiry starts again)."""
+    with trio.fail_after(1000):
+        async with (
+            scripted_origin(answer_all) as origin,
+            pooled(keepalive_expiry=30) as (client, pool),
+            trio.open_nursery() as n,
+        ):
+            n.start_soon(pool.close_expired)
+            await client.get(origin.url())
+            await trio.sleep(20)
+            await client.get(origin.url())  # reused: 30 s from now
+            await trio.sleep(20)
+            assert (pool.statistics().idle, origin.ended) == (1, 0)
+            await trio.sleep(11)
+            assert pool.statistics().idle == 0
+            await trio.testing.wait_all_tasks_blocked()
+            assert origin.ended == 1
+            # Nothing idle: it waits for the next release, then for that one's expiry.
+            await client.get(origin.url())
+            await trio.sleep(31)
+            assert (pool.statistics().idle, origin.ended) == (0, 2)
+            n.cancel_scope.cancel()
+
+
+async def test_close_expired_returns_when_the_pool_closes() -> None:
+    with trio.fail_after(10):
+        async with scripted_origin(answer_all) as origin:
+            async with trio.open_nursery() as nursery, pooled() as (client, pool):
+                nursery.start_soon(pool.close_expired)
+                await client.get(origin.url())
+                await trio.testing.wait_all_tasks_blocked()
+            # The nursery closed by itself: close_expired returned once the pool closed.
+            await trio.testing.wait_all_tasks_blocked()
+            assert origin.ended == 1
+
+
 async def test_closing_the_pool_closes_idle_connections() -> None:
     with trio.fail_after(10):
         async with scripted_origin(answer_all) as origin:
