@@ -197,6 +197,13 @@ class Connection:
 
     def send(self, message: Message) -> list[bytes]:
         """Check `message` against the state, update it, and return the frame's buffers."""
+        self.record(message)
+        return encode(message)
+
+    def record(self, message: Message) -> None:
+        """Check `message` against the state and update it, as `send` does, but encode nothing:
+        for a message that goes out inside another frame (the end of a stream folded into its
+        last Data frame, which is still queued)."""
         if self.state is LinkState.CLOSED:
             raise LocalProtocolError("the link is closed")
         if isinstance(message, StreamMessage):
@@ -208,7 +215,6 @@ class Connection:
                 raise LocalProtocolError("ping before the handshake completed")
         else:
             raise LocalProtocolError(f"{type(message).__name__} is sent by the protocol itself")
-        return encode(message)
 
     def _send_stream_message(self, message: StreamMessage) -> None:
         sid = message.stream_id

@@ -230,14 +230,15 @@ class Link:
         frame, one event at the peer.
         """
         self._check_open()
-        buffers = self.conn.send(Data(stream.stream_id, True, b""))  # our side ends here
+        end = Data(stream.stream_id, True, b"")  # our side ends here
         unsent = stream._unsent_data
         stream._unsent_data = None
         if unsent is not None:
+            self.conn.record(end)
             entry, data = unsent
             entry[1] = encode(Data(data.stream_id, True, data.data))
         else:
-            self._queue.append([stream, buffers, 0])
+            self._queue.append([stream, self.conn.send(end), 0])
             self._wake_writer()
         self._after_send(stream)
 

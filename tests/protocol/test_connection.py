@@ -833,6 +833,24 @@ def test_send_returns_the_frame(link: Link) -> None:
     assert link.agent.data_to_send() == []
 
 
+def test_record_updates_the_state_like_send_but_encodes_nothing(link: Link) -> None:
+    """An end folded into a queued Data frame: the state ends the stream, the wire carries
+    only the frame the caller re-encodes."""
+    link.send(link.agent, post(1))
+    link.to_server()
+    link.send(link.server, Response(1, 200))
+    link.to_agent()
+    server = link.server
+    server.send(Data(1, False, b"body"))  # queued by the caller, not yet written
+    server.record(Data(1, True, b""))
+    assert server.data_to_send() == []
+    assert server.streams[1].local_closed
+    with pytest.raises(LocalProtocolError):
+        server.record(Data(1, True, b""))  # checked like send: the side already ended
+    link.agent.receive_data(b"".join(encode(Data(1, True, b"body"))))
+    assert list(link.agent.events()) == [Data(1, True, b"body")]
+
+
 AGENT_OPEN, AGENT_END, AGENT_RESET, SERVER_REPLY, SERVER_END, SERVER_RESET = range(6)
 TO_SERVER, TO_AGENT = 6, 7
 
