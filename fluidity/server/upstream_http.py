@@ -196,12 +196,6 @@ def _split(url: bytes) -> tuple[bytes, bytes] | None:
     return url[: match.start(1)], target
 
 
-def _origin_form(url: bytes) -> bytes | None:
-    """The request target exactly as the agent wrote it, or None if it is not safe to send."""
-    parts = _split(url)
-    return None if parts is None else parts[1]
-
-
 @functools.lru_cache(maxsize=ORIGIN_URLS)
 def _origin_url(origin: str) -> httpx2.URL:
     """The parsed `scheme://authority`: a proxy's requests keep going to the same few

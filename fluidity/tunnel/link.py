@@ -153,15 +153,11 @@ class Link:
         Waits (up to `open_timeout`) while the peer's stream limit is reached, then raises
         StreamLimit.
         """
-        if not self.conn.can_open_stream():
+        if not self._may_open():
             with trio.move_on_after(self.config.open_timeout):
-                while not self.conn.can_open_stream():
-                    self._check_open()
-                    if self.draining:
-                        raise LinkClosed("the link is draining (GoAway); open a new link")
+                while not self._may_open():
                     await self._slots_lot.park()
-            if not self.conn.can_open_stream():
-                self._check_open()
+            if not self._may_open():
                 limit = len(self.conn.streams)  # the peer's max_streams, all in use
                 raise StreamLimit(
                     f"the server's limit of {limit} concurrent streams was still reached "
@@ -177,6 +173,13 @@ class Link:
         self._unsent_heads.add(head.stream_id)
         await trio.lowlevel.checkpoint_if_cancelled()
         return stream
+
+    def _may_open(self) -> bool:
+        """Whether a stream may be opened now; raises if the link will never allow one."""
+        self._check_open()
+        if self.draining:
+            raise LinkClosed("the link is draining (GoAway); open a new link")
+        return self.conn.can_open_stream()
 
     async def wait_closed(self) -> None:
         await self._closing.wait()
