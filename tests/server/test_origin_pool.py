@@ -12,7 +12,6 @@ import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
-from functools import partial
 from typing import Any
 
 import attrs
@@ -33,6 +32,7 @@ from tests.support.origins import (
     pattern_bytes,
     pattern_chunks,
     pattern_sha256,
+    serve_loopback,
 )
 
 MB = 1024 * 1024
@@ -136,11 +136,8 @@ async def scripted_origin(script: Script) -> AsyncIterator[ScriptedOrigin]:
             origin.ended += 1
             await trio.aclose_forcefully(tcp)
 
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host=HOST))
-        origin.port = listeners[0].socket.getsockname()[1]
+    async with serve_loopback(handle) as origin.port:
         yield origin
-        nursery.cancel_scope.cancel()
 
 
 async def answer_all(peer: Peer, index: int) -> None:

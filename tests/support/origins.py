@@ -23,7 +23,7 @@ import gzip
 import hashlib
 import json
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from functools import partial
 from http import HTTPStatus
@@ -281,6 +281,17 @@ class _HTTPConnection:
 
 
 @asynccontextmanager
+async def serve_loopback(
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
+) -> AsyncIterator[int]:
+    """Serve TCP on 127.0.0.1 (port 0) with `handler` per connection; yields the port."""
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host=HOST))
+        yield listeners[0].socket.getsockname()[1]
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
 async def http_origin(*, tls: ssl.SSLContext | None = None) -> AsyncIterator[HTTPOrigin]:
     """An HTTP/1.1 origin on 127.0.0.1 (HTTPS with `tls`, a server-side context)."""
     origin = HTTPOrigin(port=0, scheme="https" if tls else "http")
@@ -299,11 +310,8 @@ async def http_origin(*, tls: ssl.SSLContext | None = None) -> AsyncIterator[HTT
         finally:
             await trio.aclose_forcefully(stream)
 
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host=HOST))
-        origin.port = listeners[0].socket.getsockname()[1]
+    async with serve_loopback(handle) as origin.port:
         yield origin
-        nursery.cancel_scope.cancel()
 
 
 # -- TCP echo origin (for CONNECT) -------------------------------------------------------------
@@ -340,11 +348,8 @@ async def tcp_echo_origin() -> AsyncIterator[TCPOrigin]:
         finally:
             await trio.aclose_forcefully(tcp)
 
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host=HOST))
-        origin.port = listeners[0].socket.getsockname()[1]
+    async with serve_loopback(handle) as origin.port:
         yield origin
-        nursery.cancel_scope.cancel()
 
 
 # -- WebSocket echo origin -------------------------------------------------------------------
