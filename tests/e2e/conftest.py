@@ -211,16 +211,6 @@ def proxy_client(agent: Agent, timeout: float = 30) -> httpx2.AsyncClient:
     return httpx2.AsyncClient(proxy=agent.proxy, trust_env=False, timeout=timeout)
 
 
-async def curl(*args: str) -> tuple[int, str, str]:
-    result = await trio.run_process(
-        ["curl", "-sS", "--max-time", "30", *args],
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-    )
-    return result.returncode, result.stdout.decode(), result.stderr.decode()
-
-
 # The servers put their metrics into cfn/lambda.yaml's MetricsNamespace ("Fluidity"), with
 # the dimension Service=<service name>, where the Sleep function reads them.
 

@@ -14,6 +14,7 @@ import trio
 from fluidity.local import stop_process
 from fluidity.localcloud.cloud import LocalCloud
 from fluidity.localcloud.scheduler import Firing
+from tests.support.curl import curl
 from tests.support.origins import http_origin, make_tls, pattern_sha256, websocket_origin
 from tests.support.wsclient import ProxiedWebSocket, proxied_websocket
 
@@ -21,7 +22,6 @@ from .conftest import (
     AGENT_BUG,
     DAILY_KILL,
     cloud_seconds,
-    curl,
     desired_count,
     metric_maximum,
     metric_names,

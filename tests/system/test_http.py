@@ -7,8 +7,8 @@ import json
 from collections.abc import AsyncIterator
 
 import httpx2
-import trio
 
+from tests.support.curl import curl
 from tests.support.origins import (
     GZIP_BODY,
     HTTPOrigin,
@@ -18,16 +18,6 @@ from tests.support.origins import (
 )
 
 from .conftest import Tunnel
-
-
-async def curl(*args: str) -> tuple[int, str, str]:
-    result = await trio.run_process(
-        ["curl", "-sS", "--max-time", "30", *args],
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-    )
-    return result.returncode, result.stdout.decode(), result.stderr.decode()
 
 
 def url(origin: HTTPOrigin, path: str) -> str:

@@ -7,6 +7,7 @@ import json
 import pytest
 import trio
 
+from tests.support.curl import curl
 from tests.support.origins import (
     ECHO_TRAILER,
     http_origin,
@@ -17,7 +18,6 @@ from tests.support.origins import (
 from tests.support.wsclient import proxied_websocket
 
 from .conftest import Tunnel
-from .test_http import curl
 
 
 async def open_connect(tunnel: Tunnel, authority: str) -> tuple[trio.SocketStream, bytes]:
