@@ -18,6 +18,7 @@ from .connection import (
 )
 from .errors import (
     ErrorCode,
+    FrameTooLarge,
     LinkProtocolError,
     LocalProtocolError,
     ProtocolError,
@@ -59,6 +60,7 @@ __all__ = [
     "Data",
     "ErrorCode",
     "FrameDecoder",
+    "FrameTooLarge",
     "GoAway",
     "Headers",
     "Hello",

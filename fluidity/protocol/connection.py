@@ -15,9 +15,10 @@ from collections.abc import Iterator
 
 import attrs
 
-from .codec import DEFAULT_MAX_DATA_SIZE, FrameDecoder, encode
+from .codec import DEFAULT_MAX_DATA_SIZE, FRAME_ENVELOPE, FrameDecoder, encode
 from .errors import (
     ErrorCode,
+    FrameTooLarge,
     LinkProtocolError,
     LocalProtocolError,
     StreamProtocolError,
@@ -172,6 +173,11 @@ class Connection:
         """The largest payload the peer accepts in one frame."""
         return self._peer().max_data_size
 
+    @property
+    def max_send_frame(self) -> int:
+        """The largest frame body the peer accepts (its max_data_size + FRAME_ENVELOPE)."""
+        return self._peer().max_data_size + FRAME_ENVELOPE
+
     def _peer(self) -> Settings:
         if self.peer_settings is None:
             raise LocalProtocolError("the handshake has not completed")
@@ -196,9 +202,21 @@ class Connection:
         return stream.send_window if stream is not None else 0
 
     def send(self, message: Message) -> list[bytes]:
-        """Check `message` against the state, update it, and return the frame's buffers."""
+        """Check `message` against the state, update it, and return the frame's buffers.
+
+        A frame the peer would refuse for its size raises FrameTooLarge before anything is
+        recorded (payload frames are sized by max_send_data and cannot be too large).
+        """
+        if isinstance(message, _PAYLOADS):
+            self.record(message)
+            return encode(message)
+        frames = encode(message)
+        if self.peer_settings is not None:
+            size = sum(map(len, frames)) - 4  # the limit is on the body, not the prefix
+            if size > self.max_send_frame:
+                raise FrameTooLarge(size, self.max_send_frame)
         self.record(message)
-        return encode(message)
+        return frames
 
     def record(self, message: Message) -> None:
         """Check `message` against the state and update it, as `send` does, but encode nothing:

@@ -7,6 +7,7 @@
     │   ├── LinkProtocolError     ... in a way that ends the link (GoAway sent, link closed)
     │   └── StreamProtocolError   ... on one stream only (that stream is reset)
     └── LocalProtocolError        we asked the protocol to do something it forbids (a bug here)
+        └── FrameTooLarge         ... a frame the peer would not accept; nothing was sent
 
 Like h11, a `Connection` that raised `LinkProtocolError` is dead; a `StreamProtocolError`
 leaves the connection and every other stream usable.
@@ -69,3 +70,17 @@ class StreamProtocolError(RemoteProtocolError):
 
 class LocalProtocolError(ProtocolError):
     """This side tried something the protocol forbids (a programming error)."""
+
+
+class FrameTooLarge(LocalProtocolError):
+    """A message encodes into a frame above the peer's limit; nothing was sent or recorded.
+
+    Not a bug of the caller: a head's size comes from outside (a client's request, an origin's
+    response). Sending it would cost the whole link (the peer fails it with FRAME_SIZE_ERROR),
+    so the caller answers that one request instead (431, 414 or 502).
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"a frame of {size} bytes exceeds the peer's limit of {limit} bytes")
+        self.size = size
+        self.limit = limit

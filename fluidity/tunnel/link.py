@@ -151,7 +151,8 @@ class Link:
         """Agent side: open a stream with `head` (its stream_id is replaced by the next id).
 
         Waits (up to `open_timeout`) while the peer's stream limit is reached, then raises
-        StreamLimit.
+        StreamLimit. A head whose frame the peer would refuse for its size raises FrameTooLarge
+        and opens nothing: the caller answers that request (431/414), the link goes on.
         """
         if not self._may_open():
             with trio.move_on_after(self.config.open_timeout):
@@ -165,11 +166,12 @@ class Link:
                 )
         self._check_open()
         head = attrs.evolve(head, stream_id=self.conn.next_stream_id())
+        frames = self.conn.send(head)  # FrameTooLarge here leaves no trace
         stream = TunnelStream(self, head, _KINDS[type(head)])
         if isinstance(head, Request) and head.end_stream:
             stream._local_ended = True
         self.streams[head.stream_id] = stream
-        self._enqueue(stream, head, 0)
+        self._enqueue(stream, head, 0, frames)
         self._unsent_heads.add(head.stream_id)
         await trio.lowlevel.checkpoint_if_cancelled()
         return stream
@@ -216,9 +218,15 @@ class Link:
         if self._closing.is_set():
             raise self.error or LinkClosed("link closed")
 
-    def _enqueue(self, stream: TunnelStream, message: StreamMessage, size: int) -> None:
+    def _enqueue(
+        self,
+        stream: TunnelStream,
+        message: StreamMessage,
+        size: int,
+        frames: list[bytes] | None = None,
+    ) -> None:
         self._check_open()
-        entry = [stream, self.conn.send(message), size]
+        entry = [stream, frames if frames is not None else self.conn.send(message), size]
         self._queue.append(entry)
         stream.queued += size
         stream._unsent_data = (entry, message) if type(message) is Data else None

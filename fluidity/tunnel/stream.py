@@ -128,7 +128,11 @@ class TunnelStream:
         return self.reply
 
     async def send_reply(self, reply: Reply) -> None:
-        """Server side: answer the stream's opening message."""
+        """Server side: answer the stream's opening message.
+
+        A reply whose frame the peer would refuse for its size raises FrameTooLarge and sends
+        nothing: the stream is still unanswered, so the caller can send a smaller one (502).
+        """
         self._check_usable()
         self._link._enqueue(self, reply, 0)
         self.reply = reply
