@@ -11,10 +11,22 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import attrs
 import msgpack
 
 from .errors import ErrorCode, LinkProtocolError
-from .messages import MESSAGE_TYPES, Data, Message, WebSocketMessage
+from .messages import (
+    MESSAGE_TYPES,
+    Connect,
+    ConnectAck,
+    Data,
+    Message,
+    Request,
+    Response,
+    WebSocketAck,
+    WebSocketMessage,
+    WebSocketOpen,
+)
 
 LENGTH = struct.Struct(">I")
 #: Bytes a frame may carry besides its payload (kind, stream id, flags, msgpack headers).
@@ -22,6 +34,31 @@ FRAME_ENVELOPE = 64
 DEFAULT_MAX_DATA_SIZE = 64 * 1024
 #: Fields that fit in the envelope in front of a payload, by kind.
 _PAYLOAD_KINDS = {Data.KIND: 3, WebSocketMessage.KIND: 4}
+#: Head frames: their size comes from outside (a client's or an origin's headers), so one
+#: above the limit costs its stream (`OversizedHead`), not the link.
+HEAD_KINDS = frozenset(
+    cls.KIND for cls in (Request, Response, Connect, ConnectAck, WebSocketOpen, WebSocketAck)
+)
+#: An oversized head frame is skipped, not buffered, up to this many times the frame limit;
+#: anything longer is not a head that went wrong but a peer to stop listening to.
+SKIP_FACTOR = 16
+#: Bytes of an oversized frame read to learn its kind and stream id (array, kind, uint32 id).
+_PEEK = 8
+
+
+@attrs.frozen
+class OversizedHead:
+    """A head frame above the limit was skipped: the decoder's report to the Connection."""
+
+    kind: int
+    stream_id: int
+    size: int
+
+
+def brief(value: object, limit: int = 40) -> str:
+    """A peer's value for an error message: repr, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _bin_header(n: int) -> bytes:
@@ -57,6 +94,8 @@ class FrameDecoder:
         self.max_frame_size = max_data_size + FRAME_ENVELOPE
         self._buffer = bytearray()
         self._offset = 0
+        #: Bytes of an oversized head frame still to arrive and be thrown away.
+        self._skip = 0
 
     @property
     def buffered(self) -> int:
@@ -64,6 +103,10 @@ class FrameDecoder:
         return len(self._buffer) - self._offset
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        if self._skip:
+            n = min(self._skip, len(data))
+            self._skip -= n
+            data = memoryview(data)[n:]
         if self._offset and self._offset == len(self._buffer):
             self._buffer.clear()
             self._offset = 0
@@ -78,25 +121,55 @@ class FrameDecoder:
         if len(self._buffer) - start < 4:
             return None
         (length,) = LENGTH.unpack_from(self._buffer, start)
-        if length > self.max_frame_size:
-            raise LinkProtocolError(
-                f"frame of {length} bytes exceeds the limit of {self.max_frame_size}",
-                ErrorCode.FRAME_SIZE_ERROR,
-            )
+        if length > self.max_frame_size * SKIP_FACTOR:
+            raise self._too_large(length)
         if length == 0:
             raise LinkProtocolError("empty frame")
         return int(length)
 
-    def next_message(self) -> Message | None:
-        """The next complete message, or None if more bytes are needed."""
+    def _too_large(self, length: int) -> LinkProtocolError:
+        return LinkProtocolError(
+            f"frame of {length} bytes exceeds the limit of {self.max_frame_size}",
+            ErrorCode.FRAME_SIZE_ERROR,
+        )
+
+    def next_message(self) -> Message | OversizedHead | None:
+        """The next complete message, or None if more bytes are needed.
+
+        A head frame above the limit is skipped without buffering it and reported as
+        `OversizedHead`; any other frame above the limit is a link error.
+        """
         length = self._check_length()
-        if length is None or len(self._buffer) - self._offset - 4 < length:
+        if length is None:
+            return None
+        if length > self.max_frame_size:
+            return self._skip_oversized(length)
+        if len(self._buffer) - self._offset - 4 < length:
             return None
         start = self._offset + 4
         self._offset = start + length
         with memoryview(self._buffer) as view, view[start : start + length] as body:
             fields = self._unpack(body)
         return _message_from(fields)
+
+    def _skip_oversized(self, length: int) -> OversizedHead | None:
+        start = self._offset + 4
+        have = len(self._buffer) - start
+        if have < _PEEK:
+            return None
+        try:
+            unpacker = msgpack.Unpacker(max_buffer_size=_PEEK)
+            unpacker.feed(bytes(self._buffer[start : start + _PEEK]))
+            unpacker.read_array_header()
+            kind, stream_id = unpacker.unpack(), unpacker.unpack()
+        except Exception:  # msgpack raises several types; too short or not a head: no id
+            kind = stream_id = None
+        if type(kind) is not int or kind not in HEAD_KINDS or type(stream_id) is not int:
+            raise self._too_large(length)
+        taken = min(have, length)
+        self._offset = start + taken
+        self._skip = length - taken
+        return OversizedHead(kind, stream_id, length)
 
     def _unpack(self, body: memoryview) -> list[Any]:
         limit = self.max_frame_size
@@ -123,5 +196,5 @@ def _message_from(fields: list[Any]) -> Message:
     kind = fields[0]
     cls = MESSAGE_TYPES.get(kind) if type(kind) is int else None
     if cls is None:
-        raise LinkProtocolError(f"unknown frame kind {kind!r}")
+        raise LinkProtocolError(f"unknown frame kind {brief(kind)}")
     return cls.from_wire(fields[1:])

@@ -15,7 +15,14 @@ from collections.abc import Iterator
 
 import attrs
 
-from .codec import DEFAULT_MAX_DATA_SIZE, FRAME_ENVELOPE, FrameDecoder, encode
+from .codec import (
+    DEFAULT_MAX_DATA_SIZE,
+    FRAME_ENVELOPE,
+    FrameDecoder,
+    OversizedHead,
+    brief,
+    encode,
+)
 from .errors import (
     ErrorCode,
     FrameTooLarge,
@@ -24,7 +31,9 @@ from .errors import (
     StreamProtocolError,
 )
 from .messages import (
+    MAX_STREAM_ID,
     MAX_WINDOW,
+    MESSAGE_TYPES,
     OPENING_TYPES,
     REPLY_TYPES,
     Connect,
@@ -50,6 +59,11 @@ from .messages import (
 PROTOCOL_VERSION = 1
 DEFAULT_INITIAL_WINDOW = 256 * 1024
 DEFAULT_MAX_STREAMS = 1024
+DEFAULT_MAX_WINDOW = 16 * 1024 * 1024
+DEFAULT_RECEIVE_BUDGET = 64 * 1024 * 1024
+#: A window grows when half of it was consumed in less than GROWTH_RTTS round trips (quic-go's
+#: rule: the sender is then limited by the window, not by the path or the reader).
+GROWTH_RTTS = 2.0
 
 
 #: isinstance() targets as tuples: a `A | B` union would be built on every call.
@@ -104,6 +118,27 @@ class Settings:
             raise ValueError("max_streams must be between 1 and 2**20")
 
 
+@attrs.frozen
+class WindowPolicy:
+    """How this side sizes the receive windows it grants. Local: nothing of it is on the wire.
+
+    Every stream starts at `Settings.initial_window` (the peer knows that value) and may grow
+    up to `max_window` while the application keeps up with a window-limited sender. The
+    windows of a link's streams share `receive_budget`: growth takes at most half of what is
+    left of it, so no stream can take it all, and grown windows shrink back toward the initial
+    one when new streams pushed the total above it.
+    """
+
+    max_window: int = DEFAULT_MAX_WINDOW
+    receive_budget: int = DEFAULT_RECEIVE_BUDGET
+
+    def __attrs_post_init__(self) -> None:
+        if not 0 < self.max_window <= MAX_WINDOW:
+            raise ValueError("max_window must be positive and below 2**31")
+        if self.receive_budget < 0:
+            raise ValueError("receive_budget must not be negative")
+
+
 @attrs.define
 class StreamState:
     """Per-stream bookkeeping. `send_window` is our credit; `recv_window` the peer's."""
@@ -116,6 +151,11 @@ class StreamState:
     remote_closed: bool = False
     #: Bytes the application consumed that were not yet credited back to the peer.
     unacked: int = 0
+    #: The receive window: recv_window + bytes held by the application + unacked. 0 once the
+    #: peer's direction ended (nothing more will come, so it no longer counts in the budget).
+    window: int = 0
+    #: When the current auto-tuning epoch began (the last WindowUpdate), None before any read.
+    epoch_start: float | None = None
 
 
 def _misplaced(message: Message, stream: StreamState) -> str:
@@ -131,9 +171,19 @@ def flow_size(message: Data | WebSocketMessage) -> int:
 class Connection:
     """One side of a link. Not thread-safe; one task drives it."""
 
-    def __init__(self, role: Role, settings: Settings | None = None) -> None:
+    def __init__(
+        self, role: Role, settings: Settings | None = None, policy: WindowPolicy | None = None
+    ) -> None:
         self.role = role
         self.local_settings = settings or Settings()
+        self.policy = policy or WindowPolicy()
+        if self.policy.max_window < self.local_settings.initial_window:
+            raise ValueError("max_window must be at least initial_window")
+        #: Sum of the receive windows of the streams whose peer may still send.
+        self.recv_committed = 0
+        #: Smoothed round-trip time of the link in seconds (the application measures it with
+        #: Ping/Pong and reports it with `note_rtt`); windows grow only once it is known.
+        self.rtt: float | None = None
         self.peer_settings: Settings | None = None
         self.peer_name = ""
         self.state = LinkState.HANDSHAKE
@@ -242,11 +292,7 @@ class Connection:
             if sid != self.next_stream_id():
                 raise LocalProtocolError(f"next stream id must be {self.next_stream_id()}")
             self.highest_stream_id = sid
-            self.streams[sid] = StreamState(
-                _KIND_OF_OPENING[type(message)],
-                send_window=self._peer().initial_window,
-                recv_window=self.local_settings.initial_window,
-            )
+            self._add_stream(sid, _KIND_OF_OPENING[type(message)])
             if isinstance(message, Request) and message.end_stream:
                 self._close_local(sid)
             return
@@ -258,7 +304,7 @@ class Connection:
                 return  # resetting a stream that already ended is harmless
             raise LocalProtocolError(f"stream {sid} is not open")
         if isinstance(message, Reset):
-            del self.streams[sid]
+            self._drop(sid)
             return
         if isinstance(message, REPLY_TYPES):
             if self.role is not Role.SERVER or stream.replied:
@@ -269,7 +315,7 @@ class Connection:
             if isinstance(message, Response) and message.end_stream:
                 self._close_local(sid)
             elif isinstance(message, _ACKS) and not message.success:
-                del self.streams[sid]
+                self._drop(sid)
             return
         if stream.local_closed:
             raise LocalProtocolError(f"stream {sid} is closed for sending")
@@ -297,33 +343,88 @@ class Connection:
                 raise LocalProtocolError("WebSocketClose on a non-WebSocket stream")
             self._close_local(sid)
 
+    def _add_stream(self, sid: int, kind: StreamKind) -> None:
+        initial = self.local_settings.initial_window
+        self.streams[sid] = StreamState(
+            kind, send_window=self._peer().initial_window, recv_window=initial, window=initial
+        )
+        self.recv_committed += initial
+
+    def _drop(self, sid: int) -> None:
+        stream = self.streams.pop(sid, None)
+        if stream is not None:
+            self.recv_committed -= stream.window
+
     def _close_local(self, sid: int) -> None:
         stream = self.streams[sid]
         stream.local_closed = True
         if stream.remote_closed:
-            del self.streams[sid]
+            self._drop(sid)
 
     def _close_remote(self, sid: int) -> None:
         stream = self.streams[sid]
         stream.remote_closed = True
+        self.recv_committed -= stream.window  # nothing more will come: release the window
+        stream.window = 0
         if stream.local_closed:
-            del self.streams[sid]
+            self._drop(sid)
 
     # -- flow control ---------------------------------------------------------------------
 
-    def acknowledge_received_data(self, stream_id: int, size: int) -> None:
+    def note_rtt(self, sample: float) -> None:
+        """Report a measured round trip (seconds); smoothed as TCP does (RFC 6298, 1/8)."""
+        if sample > 0:
+            self.rtt = sample if self.rtt is None else self.rtt + (sample - self.rtt) / 8
+
+    def acknowledge_received_data(
+        self, stream_id: int, size: int, now: float | None = None
+    ) -> None:
         """The application consumed `size` bytes of the stream: hand the credit back.
 
-        WindowUpdate frames are batched: one goes out once half the window is consumed.
+        WindowUpdate frames are batched: one goes out once half the stream's window is
+        consumed. With `now` (seconds, any monotonic clock) the window is auto-tuned at that
+        moment (see `WindowPolicy` and docs/protocol.md §6); without it, it stays as it is.
         """
         stream = self.streams.get(stream_id)
         if stream is None or stream.remote_closed or size <= 0:
             return
+        if stream.epoch_start is None and now is not None:
+            stream.epoch_start = now
         stream.unacked += size
-        if stream.unacked >= self.local_settings.initial_window // 2:
-            increment, stream.unacked = stream.unacked, 0
+        if stream.unacked < stream.window // 2:
+            return
+        increment, stream.unacked = stream.unacked, 0
+        if now is not None:
+            increment += self._retune(stream, increment, now)
+        if increment > 0:
             stream.recv_window += increment
             self._queue(WindowUpdate(stream_id, increment))
+
+    def _retune(self, stream: StreamState, consumed: int, now: float) -> int:
+        """Resize the stream's window at the end of an epoch; return the change (may be < 0).
+
+        Shrinks a grown window toward the initial one while the link is over its budget (the
+        shrink is taken from the credit being returned, so it is never below -consumed);
+        otherwise grows it (double, at most max_window and half of the budget left) when the
+        half window was consumed within GROWTH_RTTS round trips.
+        """
+        assert stream.epoch_start is not None
+        elapsed = now - stream.epoch_start
+        stream.epoch_start = now
+        budget = self.policy.receive_budget
+        over = self.recv_committed - budget
+        if over > 0:
+            change = -min(stream.window - self.local_settings.initial_window, over, consumed)
+        elif self.rtt is not None and elapsed < GROWTH_RTTS * self.rtt * (
+            2 * consumed / stream.window
+        ):
+            target = min(2 * stream.window, self.policy.max_window)
+            change = max(0, min(target - stream.window, -over // 2))
+        else:
+            return 0
+        stream.window += change
+        self.recv_committed += change
+        return change
 
     # -- input ----------------------------------------------------------------------------
 
@@ -347,11 +448,14 @@ class Connection:
                 message = self._decoder.next_message()
                 if message is None:
                     return None
+                if isinstance(message, OversizedHead):
+                    self._process_oversized(message)
+                    continue
                 if self._process(message):
                     return message
             except StreamProtocolError as exc:
                 self._queue(Reset(exc.stream_id, exc.code, str(exc)))
-                self.streams.pop(exc.stream_id, None)
+                self._drop(exc.stream_id)
                 raise
             except LinkProtocolError as exc:
                 self._fail(exc)
@@ -419,7 +523,7 @@ class Connection:
                 raise LinkProtocolError(f"{type(message).__name__} on stream {sid}, never opened")
             return False  # a stream that already ended: a frame in flight, drop it
         if isinstance(message, Reset):
-            del self.streams[sid]
+            self._drop(sid)
             return True
         if isinstance(message, WindowUpdate):
             if message.increment == 0 or stream.send_window + message.increment > MAX_WINDOW:
@@ -435,7 +539,7 @@ class Connection:
             if isinstance(message, Response) and message.end_stream:
                 self._close_remote(sid)
             elif isinstance(message, _ACKS) and not message.success:
-                del self.streams[sid]
+                self._drop(sid)
             return True
         if stream.remote_closed:
             raise StreamProtocolError(
@@ -471,6 +575,32 @@ class Connection:
             return True
         raise LinkProtocolError(f"unexpected {type(message).__name__}")  # pragma: no cover
 
+    def _process_oversized(self, head: OversizedHead) -> None:
+        """A head frame above our limit was skipped: it costs its stream, not the link."""
+        sid = head.stream_id
+        cls = MESSAGE_TYPES[head.kind]
+        what = (
+            f"{cls.__name__} frame of {head.size} bytes exceeds the limit of "
+            f"{self._decoder.max_frame_size}"
+        )
+        if self.state is not LinkState.OPEN:
+            raise LinkProtocolError(what, ErrorCode.FRAME_SIZE_ERROR)
+        if cls in OPENING_TYPES:
+            if self.role is not Role.SERVER:
+                raise LinkProtocolError("the server may not open streams")
+            if sid % 2 == 0 or sid <= self.highest_stream_id or sid > MAX_STREAM_ID:
+                raise LinkProtocolError(f"stream id {brief(sid)} is not odd and above "
+                                        f"{self.highest_stream_id}")  # fmt: skip
+            self.highest_stream_id = sid  # seen, and refused: later frames for it are dropped
+            raise StreamProtocolError(sid, what, ErrorCode.FRAME_SIZE_ERROR)
+        if self.role is not Role.AGENT:
+            raise LinkProtocolError(f"the agent sent {cls.__name__}")
+        if sid not in self.streams:
+            if sid % 2 == 0 or sid > self.highest_stream_id:
+                raise LinkProtocolError(f"{cls.__name__} on stream {brief(sid)}, never opened")
+            return  # a stream that already ended: drop it, as any frame for it
+        raise StreamProtocolError(sid, what, ErrorCode.FRAME_SIZE_ERROR)
+
     def _process_opening(self, message: Request | Connect | WebSocketOpen) -> bool:
         sid = message.stream_id
         if self.role is not Role.SERVER:
@@ -486,11 +616,7 @@ class Connection:
         if len(self.streams) >= self.local_settings.max_streams:
             self._queue(Reset(sid, ErrorCode.REFUSED_STREAM, "too many concurrent streams"))
             return False
-        self.streams[sid] = StreamState(
-            _KIND_OF_OPENING[type(message)],
-            send_window=self._peer().initial_window,
-            recv_window=self.local_settings.initial_window,
-        )
+        self._add_stream(sid, _KIND_OF_OPENING[type(message)])
         if isinstance(message, Request) and message.end_stream:
             self._close_remote(sid)
         return True

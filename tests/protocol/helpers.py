@@ -11,6 +11,7 @@ from fluidity.protocol import (
     Message,
     Role,
     Settings,
+    WindowPolicy,
     encode_bytes,
 )
 
@@ -22,9 +23,14 @@ class Link:
     the wire before the frame the application sends next.
     """
 
-    def __init__(self, agent: Settings | None = None, server: Settings | None = None) -> None:
+    def __init__(
+        self,
+        agent: Settings | None = None,
+        server: Settings | None = None,
+        server_policy: WindowPolicy | None = None,
+    ) -> None:
         self.agent = Connection(Role.AGENT, agent)
-        self.server = Connection(Role.SERVER, server)
+        self.server = Connection(Role.SERVER, server, server_policy)
         self._wire: dict[Connection, bytearray] = {
             self.agent: bytearray(),
             self.server: bytearray(),
@@ -69,9 +75,14 @@ class Link:
         conn.receive_data(b"".join(encode_bytes(m) for m in messages))
 
     @classmethod
-    def open(cls, agent: Settings | None = None, server: Settings | None = None) -> Link:
+    def open(
+        cls,
+        agent: Settings | None = None,
+        server: Settings | None = None,
+        server_policy: WindowPolicy | None = None,
+    ) -> Link:
         """A link that has completed the handshake, with both wires empty."""
-        link = cls(agent, server)
+        link = cls(agent, server, server_policy)
         link.agent.initiate()
         [hello] = link.to_server()
         assert isinstance(hello, Hello)

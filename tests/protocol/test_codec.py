@@ -38,6 +38,7 @@ from fluidity.protocol import (
     encode,
     encode_bytes,
 )
+from fluidity.protocol.codec import SKIP_FACTOR, OversizedHead
 from fluidity.protocol.messages import MAX_STREAM_ID, MESSAGE_TYPES
 
 LENGTH = struct.Struct(">I")
@@ -383,7 +384,7 @@ def test_one_mutated_field(message: Message, data: st.DataObject) -> None:
 def test_oversized_frame_rejected_on_its_length_prefix(max_data_size: int) -> None:
     decoder = FrameDecoder(max_data_size)
     assert decoder.max_frame_size == max_data_size + FRAME_ENVELOPE
-    prefix = LENGTH.pack(max_data_size + FRAME_ENVELOPE + 1)
+    prefix = LENGTH.pack((max_data_size + FRAME_ENVELOPE) * SKIP_FACTOR + 1)
     decoder.receive_data(prefix[:3])
     assert decoder.next_message() is None
     with pytest.raises(LinkProtocolError) as info:
@@ -393,12 +394,43 @@ def test_oversized_frame_rejected_on_its_length_prefix(max_data_size: int) -> No
 
 
 @settings(max_examples=100)
-@given(st.integers(1024 + FRAME_ENVELOPE + 1, 2**32 - 1))
-def test_any_oversized_length_is_rejected(length: int) -> None:
+@given(st.integers((1024 + FRAME_ENVELOPE) * SKIP_FACTOR + 1, 2**32 - 1))
+def test_any_length_past_the_skip_limit_is_rejected_on_its_prefix(length: int) -> None:
     decoder = FrameDecoder(1024)
     with pytest.raises(LinkProtocolError) as info:
         decoder.receive_data(LENGTH.pack(length))
     assert info.value.code is ErrorCode.FRAME_SIZE_ERROR
+
+
+@settings(max_examples=100)
+@given(st.integers(1024 + FRAME_ENVELOPE + 1, (1024 + FRAME_ENVELOPE) * SKIP_FACTOR))
+def test_an_oversized_frame_that_is_not_a_head_fails_the_link(length: int) -> None:
+    decoder = FrameDecoder(1024)
+    body = encode_bytes(Data(1, False, b"x" * 2000))[4:]
+    decoder.receive_data(LENGTH.pack(length) + body[:7])
+    assert decoder.next_message() is None  # the kind is not known yet
+    decoder.receive_data(body[7:8])
+    with pytest.raises(LinkProtocolError) as info:
+        decoder.next_message()
+    assert info.value.code is ErrorCode.FRAME_SIZE_ERROR
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1000, 10**6])
+def test_an_oversized_head_is_skipped_unbuffered_and_reported(chunk: int) -> None:
+    decoder = FrameDecoder(1024)
+    head = Response(5, 200, b"OK", [(b"x-big", b"a" * 5000)], False)
+    data = encode_bytes(head) + encode_bytes(Ping(1)) + encode_bytes(Data(5, True, b"tail"))
+    events: list[object] = []
+    most_buffered = 0
+    for start in range(0, len(data), chunk):
+        decoder.receive_data(data[start : start + chunk])
+        most_buffered = max(most_buffered, decoder.buffered)
+        while (event := decoder.next_message()) is not None:
+            events.append(event)
+    size = len(encode_bytes(head)) - 4
+    assert events == [OversizedHead(Response.KIND, 5, size), Ping(1), Data(5, True, b"tail")]
+    if chunk < 1000:
+        assert most_buffered < 1024  # the skipped body never sat in the buffer
 
 
 def test_frame_of_exactly_the_limit_is_accepted() -> None:

@@ -44,7 +44,7 @@ from fluidity.protocol import (
     encode,
     encode_bytes,
 )
-from fluidity.protocol.codec import LENGTH
+from fluidity.protocol.codec import LENGTH, SKIP_FACTOR
 
 from .helpers import Link
 
@@ -250,12 +250,90 @@ def test_a_dead_connection_refuses_everything(link: Link) -> None:
         link.server.send(Ping(1))
 
 
-def test_oversized_frame_fails_the_link_at_once(link: Link) -> None:
+def test_a_frame_past_the_skip_limit_fails_the_link_at_once(link: Link) -> None:
     limit = link.server.local_settings.max_data_size + 64
     with pytest.raises(LinkProtocolError) as info:
-        link.server.receive_data(LENGTH.pack(limit + 1))
+        link.server.receive_data(LENGTH.pack(limit * SKIP_FACTOR + 1))
     assert info.value.code is ErrorCode.FRAME_SIZE_ERROR
     assert_link_failed(link.server, ErrorCode.FRAME_SIZE_ERROR)
+
+
+def test_an_oversized_data_frame_fails_the_link(link: Link) -> None:
+    link.send(link.agent, post(1))
+    link.to_server()
+    limit = link.server.local_settings.max_data_size
+    link.inject(link.server, Data(1, False, bytes(limit + 100)))
+    with pytest.raises(LinkProtocolError):
+        link.server.next_event()
+    assert_link_failed(link.server, ErrorCode.FRAME_SIZE_ERROR, last_stream_id=1)
+
+
+def big(size: int) -> list[tuple[bytes, bytes]]:
+    return [(b"x-big", b"a" * size)]
+
+
+def test_an_oversized_opening_costs_only_its_stream(link: Link) -> None:
+    agent, server = link.agent, link.server
+    link.send(agent, post(1))
+    link.to_server()
+    # A peer with another idea of the limit sends a 70 KB head (our send() would refuse it).
+    link.inject(server, Request(3, b"GET", b"http://example.com/", big(70_000), True))
+    with pytest.raises(StreamProtocolError) as info:
+        server.next_event()
+    assert info.value.stream_id == 3
+    assert info.value.code is ErrorCode.FRAME_SIZE_ERROR
+    assert server.highest_stream_id == 3  # seen: a reused id 3 stays a link error
+    [reset] = _decode(b"".join(server.data_to_send()))
+    assert reset == Reset(3, ErrorCode.FRAME_SIZE_ERROR, str(info.value))
+    # Stream 1 and the link go on; a late frame for 3 is dropped.
+    link.inject(server, Data(3, True, b"late"), Data(1, True, b"body"), get(5))
+    assert list(server.events()) == [Data(1, True, b"body"), get(5)]
+    assert server.state is LinkState.OPEN
+
+
+def test_an_oversized_response_resets_its_stream_only(link: Link) -> None:
+    agent, server = link.agent, link.server
+    link.send(agent, get(1), get(3))
+    link.to_server()
+    link.inject(agent, Response(1, 200, b"OK", big(70_000), True))
+    with pytest.raises(StreamProtocolError) as info:
+        agent.next_event()
+    assert info.value.stream_id == 1
+    assert info.value.code is ErrorCode.FRAME_SIZE_ERROR
+    assert 1 not in agent.streams
+    [reset] = _decode(b"".join(agent.data_to_send()))
+    assert isinstance(reset, Reset)
+    assert reset.code == ErrorCode.FRAME_SIZE_ERROR
+    link.send(server, Response(3, 200, b"OK", (), True))
+    assert link.to_agent() == [Response(3, 200, b"OK", (), True)]
+
+
+@pytest.mark.parametrize(
+    ("receiver", "message"),
+    [
+        ("agent", Request(1, b"GET", b"http://e/", big(70_000), True)),  # the server opens
+        ("server", Response(1, 200, b"OK", big(70_000), True)),  # the agent replies
+        ("agent", Response(9, 200, b"OK", big(70_000), True)),  # never opened
+    ],
+)
+def test_an_oversized_head_that_breaks_the_rules_fails_the_link(
+    link: Link, receiver: str, message: Message
+) -> None:
+    link.send(link.agent, get(1))
+    link.to_server()
+    conn = link.agent if receiver == "agent" else link.server
+    link.inject(conn, message)
+    with pytest.raises(LinkProtocolError):
+        conn.next_event()
+    assert conn.state is LinkState.CLOSED
+
+
+def test_an_oversized_hello_fails_the_link(new_link: type[Link]) -> None:
+    link = new_link()
+    link.inject(link.server, Response(1, 200, b"OK", big(70_000), True))
+    with pytest.raises(LinkProtocolError) as info:
+        link.server.next_event()
+    assert info.value.code is ErrorCode.FRAME_SIZE_ERROR
 
 
 def test_undecodable_frame_fails_the_link(link: Link) -> None:
