@@ -373,7 +373,7 @@ class Connection:
 
     def note_rtt(self, sample: float) -> None:
         """Report a measured round trip (seconds); smoothed as TCP does (RFC 6298, 1/8)."""
-        if sample > 0:
+        if sample >= 0:
             self.rtt = sample if self.rtt is None else self.rtt + (sample - self.rtt) / 8
 
     def acknowledge_received_data(

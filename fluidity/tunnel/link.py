@@ -2,9 +2,17 @@
 
 One reader task feeds received bytes to the connection and dispatches its events to streams
 without ever blocking; one writer task drains a FIFO of frames into large `send_all` calls.
-Each stream may have at most `stream_send_buffer` bytes in that FIFO, so a bulk transfer
-can sit at most that far ahead of an interactive request: streams take turns in batches.
-A keepalive task pings the peer and declares the link dead when nothing arrives in time.
+Each stream may have at most `stream_send_buffer` bytes in that FIFO and the link at most
+`link_send_buffer`, so a bulk transfer can sit at most that far ahead of an interactive
+request: streams take turns in batches. Frames the protocol answers by itself (Pong, refused
+streams) are bounded too: past `max_control_backlog` unsent bytes the reader stops reading
+until the writer catches up, so a peer that sends but never reads cannot grow our memory.
+A keepalive task pings the peer (at once after the handshake: the first RTT sample sizes the
+receive windows) and declares the link dead when nothing arrives in time.
+
+The link owns all send bookkeeping: the FIFO of `QueuedFrame`s, each stream's queued bytes
+(`TunnelStream.queued`, read-only for the stream) and the last unsent Data frame of each stream
+(into which the stream's end is folded).
 """
 
 from __future__ import annotations
@@ -13,7 +21,6 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 import attrs
 import trio
@@ -39,6 +46,7 @@ from fluidity.protocol import (
     StreamMessage,
     StreamProtocolError,
     WebSocketOpen,
+    WindowPolicy,
     WindowUpdate,
     encode,
 )
@@ -64,8 +72,13 @@ class LinkConfig:
     """Tuning of one link. Timeouts in seconds."""
 
     settings: Settings = attrs.field(factory=Settings)
+    #: How receive windows grow (max_window) and what they may hold in all (receive_budget).
+    policy: WindowPolicy = attrs.field(factory=WindowPolicy)
     handshake_timeout: float = 10.0
+    #: Pings on an idle link; with streams open, every third of it.
     keepalive_interval: float = 15.0
+    #: Silence that ends an idle link; with streams open, a third of it (a frozen peer costs
+    #: waiting requests 15 s, not 45 s).
     keepalive_timeout: float = 45.0
     #: Largest single read from the transport.
     receive_size: int = 256 * 1024
@@ -73,8 +86,26 @@ class LinkConfig:
     write_batch: int = 256 * 1024
     #: Bytes one stream may have queued for the writer before its sender waits.
     stream_send_buffer: int = 128 * 1024
+    #: Bytes all streams together may have queued for the writer.
+    link_send_buffer: int = 4 * 1024 * 1024
+    #: Unsent bytes of frames the protocol queued by itself (Pong, Reset of refused streams,
+    #: WindowUpdate) past which the reader stops reading until the writer has sent them.
+    max_control_backlog: int = 256 * 1024
     #: How long a stream opener waits for a free stream slot.
     open_timeout: float = 30.0
+
+
+@attrs.define(eq=False)
+class QueuedFrame:
+    """One entry of the writer's FIFO: a frame's buffers, owned by the link."""
+
+    stream: TunnelStream
+    buffers: list[bytes]
+    #: Payload bytes counted in the stream's (and the link's) queued bytes.
+    size: int
+    #: The Data message while this is the stream's last unsent Data frame (its end may be
+    #: folded in by re-encoding it), else None.
+    data: Data | None = None
 
 
 @attrs.frozen
@@ -100,13 +131,22 @@ class Link:
         self.transport = transport
         self.role = role
         self.config = config
-        self.conn = Connection(role, config.settings)
+        self.conn = Connection(role, config.settings, config.policy)
         self._handler = handler
         self._nursery: trio.Nursery | None = None
         self.streams: dict[int, TunnelStream] = {}
-        #: Frames for the writer: [stream, buffers, payload size] (a list: see _enqueue_end).
-        self._queue: deque[list[Any]] = deque()
+        #: Frames for the writer, in order.
+        self._queue: deque[QueuedFrame] = deque()
+        #: Payload bytes in `_queue`.
+        self._queued = 0
+        #: Each stream's last Data frame while it is still in `_queue`.
+        self._last_data: dict[TunnelStream, QueuedFrame] = {}
+        #: Streams whose sender waits for room in the link's share of the queue.
+        self._room_waiters: set[TunnelStream] = set()
+        #: Control frames (protocol replies, Resets, pings, GoAway), sent before `_queue`.
         self._urgent: list[bytes] = []
+        self._urgent_bytes = 0
+        self._backlog_lot = trio.lowlevel.ParkingLot()
         #: Agent streams whose opening frame is still in `_queue` (the peer has not seen them).
         self._unsent_heads: set[int] = set()
         self._writer_lot = trio.lowlevel.ParkingLot()
@@ -119,8 +159,9 @@ class Link:
         self._last_received = trio.current_time()
         self.bytes_sent = 0
         self.bytes_received = 0
-        self.rtt: float | None = None
         self._ping_sent_at: float | None = None
+        self._ping_opaque = 0
+        self._hello_sent_at: float | None = None
 
     # -- public ---------------------------------------------------------------------------
 
@@ -133,6 +174,11 @@ class Link:
         return not self._closing.is_set()
 
     @property
+    def rtt(self) -> float | None:
+        """The smoothed round-trip time in seconds (from the handshake and the pings)."""
+        return self.conn.rtt
+
+    @property
     def draining(self) -> bool:
         """True once either side sent GoAway: no new streams, open ones finish."""
         return self.conn.goaway_received is not None or self.conn.goaway_sent is not None
@@ -140,7 +186,7 @@ class Link:
     def statistics(self) -> LinkStatistics:
         return LinkStatistics(
             open_streams=len(self.streams),
-            queued_bytes=sum(n for _, _, n in self._queue),
+            queued_bytes=self._queued,
             buffered_bytes=sum(s.buffered for s in self.streams.values()),
             frames_queued=len(self._queue),
             bytes_sent=self.bytes_sent,
@@ -206,7 +252,7 @@ class Link:
 
     def close(self, error: Exception | None = None) -> None:
         """Close now: fail open streams with `error`, flush what is queued (briefly), end."""
-        self._fail(error or LinkClosed("link closed"), goaway=True)
+        self._fail(error or LinkClosed("link closed"), ErrorCode.NO_ERROR)
 
     # -- internals used by TunnelStream ---------------------------------------------------
 
@@ -226,10 +272,17 @@ class Link:
         frames: list[bytes] | None = None,
     ) -> None:
         self._check_open()
-        entry = [stream, frames if frames is not None else self.conn.send(message), size]
-        self._queue.append(entry)
-        stream.queued += size
-        stream._unsent_data = (entry, message) if type(message) is Data else None
+        item = QueuedFrame(stream, frames if frames is not None else self.conn.send(message), size)
+        self._queue.append(item)
+        if size:
+            stream.queued += size
+            self._queued += size
+        previous = self._last_data.pop(stream, None)
+        if previous is not None:
+            previous.data = None  # no longer the last: the end cannot be folded into it
+        if type(message) is Data:
+            item.data = message
+            self._last_data[stream] = item
         self._after_send(stream)
         self._wake_writer()
 
@@ -242,16 +295,25 @@ class Link:
         """
         self._check_open()
         end = Data(stream.stream_id, True, b"")  # our side ends here
-        unsent = stream._unsent_data
-        stream._unsent_data = None
-        if unsent is not None:
+        item = self._last_data.pop(stream, None)
+        if item is not None:
+            assert item.data is not None
             self.conn.record(end)
-            entry, data = unsent
-            entry[1] = encode(Data(data.stream_id, True, data.data))
+            item.buffers = encode(Data(item.data.stream_id, True, item.data.data))
+            item.data = None
         else:
-            self._queue.append([stream, self.conn.send(end), 0])
+            self._queue.append(QueuedFrame(stream, self.conn.send(end), 0))
             self._wake_writer()
         self._after_send(stream)
+
+    def _send_room(self, stream: TunnelStream) -> int:
+        """Bytes `stream` may queue now: its own share, and the link's (0: wait)."""
+        room = self.config.stream_send_buffer - stream.queued
+        link_room = self.config.link_send_buffer - self._queued
+        if link_room <= 0:
+            self._room_waiters.add(stream)  # the writer wakes it when the queue drains
+            return 0
+        return min(room, link_room)
 
     def _reset(self, stream: TunnelStream, reset: Reset) -> None:
         if self._closing.is_set():
@@ -264,7 +326,7 @@ class Link:
             self.conn.send(reset)
         elif stream._local_ended:
             # Our side is complete: the peer gets all of it, then the Reset, in order.
-            self._queue.append([stream, self.conn.send(reset), 0])
+            self._queue.append(QueuedFrame(stream, self.conn.send(reset), 0))
             self._wake_writer()
         else:
             self._drop_queued(stream)
@@ -273,18 +335,24 @@ class Link:
 
     def _drop_queued(self, stream: TunnelStream) -> None:
         if self._queue:
-            self._queue = deque(entry for entry in self._queue if entry[0] is not stream)
+            self._queue = deque(item for item in self._queue if item.stream is not stream)
+            self._queued -= stream.queued
         stream.queued = 0
-        stream._unsent_data = None
+        self._last_data.pop(stream, None)
+        self._room_waiters.discard(stream)
 
     def _acknowledge(self, stream_id: int, size: int) -> None:
         if not self._closing.is_set():
-            self.conn.acknowledge_received_data(stream_id, size)
+            self.conn.acknowledge_received_data(stream_id, size, trio.current_time())
             self._wake_writer()
 
     def _send_control(self, message: Message) -> None:
-        self._urgent.extend(self.conn.send(message))
+        self._take_control(self.conn.send(message))
         self._wake_writer()
+
+    def _take_control(self, frames: list[bytes]) -> None:
+        self._urgent.extend(frames)
+        self._urgent_bytes += sum(map(len, frames))
 
     def _after_send(self, stream: TunnelStream) -> None:
         if stream.stream_id not in self.conn.streams:
@@ -296,7 +364,7 @@ class Link:
             if not self.streams and self.conn.goaway_received is not None:
                 # The peer is going away and our last stream is done: nothing left to wait for.
                 reason = self.conn.goaway_received.reason
-                self._fail(LinkClosed(f"the peer is going away: {reason}"), goaway=False)
+                self._fail(LinkClosed(f"the peer is going away: {reason}"))
 
     # -- tasks ----------------------------------------------------------------------------
 
@@ -309,11 +377,12 @@ class Link:
                 nursery.start_soon(self._writer)
                 if self.role is Role.AGENT:
                     self.conn.initiate()
+                    self._hello_sent_at = trio.current_time()
                     self._wake_writer()
                 with trio.move_on_after(self.config.handshake_timeout):
                     await self._handshake_done.wait()
                 if not self._handshake_done.is_set():
-                    self._fail(LinkClosed("handshake timed out"), goaway=False)
+                    self._fail(LinkClosed("handshake timed out"))
                 if self.error is None:
                     nursery.start_soon(self._keepalive)
                     task_status.started()
@@ -334,14 +403,20 @@ class Link:
     async def _reader(self) -> None:
         conn = self.conn
         size = self.config.receive_size
+        backlog = self.config.max_control_backlog
         while True:
+            while self._urgent_bytes > backlog and not self._closing.is_set():
+                # The peer makes us answer (Pong, refused streams) faster than it reads the
+                # answers: stop reading until the writer has sent them. A peer that never
+                # reads goes silent for us and the keepalive ends the link.
+                await self._backlog_lot.park()
             try:
                 data = await self.transport.receive_some(size)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._fail(LinkClosed(f"link lost: {exc.__cause__ or exc}"), goaway=False)
+                self._fail(LinkClosed(f"link lost: {exc.__cause__ or exc}"))
                 return
             if not data:
-                self._fail(LinkClosed("the peer closed the link"), goaway=False)
+                self._fail(LinkClosed("the peer closed the link"))
                 return
             self._last_received = trio.current_time()
             self.bytes_received += len(data)
@@ -358,18 +433,25 @@ class Link:
                     self._dispatch(message)
             except LinkProtocolError as exc:
                 log.warning("closing link: peer broke the protocol: %s", exc)
-                self._fail(LinkClosed(f"protocol error: {exc}"), goaway=True)
+                self._take_control(conn.data_to_send())  # the GoAway the protocol queued
+                self._fail(LinkClosed(f"protocol error: {exc}"))
                 return
+            self._take_control(conn.data_to_send())
             self._wake_writer()
 
     def _dispatch(self, message: Message) -> None:
         if isinstance(message, StreamMessage):
             self._dispatch_stream(message)
-        elif isinstance(message, Hello | HelloAck):
+        elif isinstance(message, HelloAck):
+            if self._hello_sent_at is not None:
+                self.conn.note_rtt(trio.current_time() - self._hello_sent_at)
+            self._handshake_done.set()
+        elif isinstance(message, Hello):
             self._handshake_done.set()
         elif isinstance(message, Pong):
-            if self._ping_sent_at is not None:
-                self.rtt = trio.current_time() - self._ping_sent_at
+            if self._ping_sent_at is not None and message.opaque == self._ping_opaque:
+                self.conn.note_rtt(trio.current_time() - self._ping_sent_at)
+                self._ping_sent_at = None
         elif isinstance(message, GoAway):
             self._on_goaway(message)
         elif isinstance(message, Ping):
@@ -414,9 +496,9 @@ class Link:
                 self._forget(stream)
         self._slots_lot.unpark_all()
         if goaway.code != ErrorCode.NO_ERROR:
-            self._fail(LinkClosed(f"peer closed the link: {goaway.reason}"), goaway=False)
+            self._fail(LinkClosed(f"peer closed the link: {goaway.reason}"))
         elif not self.streams:
-            self._fail(LinkClosed(f"the peer is going away: {goaway.reason}"), goaway=False)
+            self._fail(LinkClosed(f"the peer is going away: {goaway.reason}"))
 
     async def _run_handler(self, stream: TunnelStream) -> None:
         assert self._handler is not None
@@ -435,7 +517,8 @@ class Link:
         batch_limit = self.config.write_batch
         while True:
             while True:
-                self._urgent.extend(self.conn.data_to_send())
+                if pending := self.conn.data_to_send():
+                    self._take_control(pending)
                 if self._urgent or self._queue:
                     break
                 if self._closing.is_set():
@@ -443,70 +526,96 @@ class Link:
                     return
                 await self._writer_lot.park()
             batch, self._urgent = self._urgent, []
+            self._urgent_bytes = 0
             size = 0
             queue = self._queue
+            last_data = self._last_data
             while queue and size < batch_limit:
                 item = queue.popleft()
-                entry, buffers, n = item
-                batch.extend(buffers)
-                size += n
-                if entry is not None:
-                    self._unsent_heads.discard(entry.stream_id)
-                    unsent = entry._unsent_data
-                    if unsent is not None and unsent[0] is item:
-                        entry._unsent_data = None
-                    if n:
-                        entry.queued -= n
-                        entry._wake_senders()
+                batch.extend(item.buffers)
+                stream = item.stream
+                if item.data is not None:
+                    del last_data[stream]
+                if self._unsent_heads:
+                    self._unsent_heads.discard(stream.stream_id)
+                n = item.size
+                if n:
+                    size += n
+                    stream.queued -= n
+                    stream._wake_senders()
+            self._queued -= size
+            if self._room_waiters:
+                waiters, self._room_waiters = self._room_waiters, set()
+                for stream in waiters:
+                    stream._wake_senders()
+            if self._backlog_lot:
+                self._backlog_lot.unpark_all()
             payload = b"".join(batch)
             try:
                 await self.transport.send_all(payload)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._fail(LinkClosed(f"link lost: {exc.__cause__ or exc}"), goaway=False)
+                self._fail(LinkClosed(f"link lost: {exc.__cause__ or exc}"))
                 self._flushed.set()
                 return
             self.bytes_sent += len(payload)
 
     async def _keepalive(self) -> None:
-        interval = self.config.keepalive_interval
-        timeout = self.config.keepalive_timeout
-        opaque = 0
+        """Ping at once (the first RTT sample), then every interval; end a silent link.
+
+        With streams open the interval and the timeout are a third as long: requests are
+        waiting, and a frozen peer should cost them seconds, not the idle timeout.
+        """
+        last_ping = -float("inf")
         while True:
-            await trio.sleep(interval)
-            silent = trio.current_time() - self._last_received
-            if silent >= timeout:
-                self._fail(LinkClosed(f"keepalive timeout: nothing heard for {silent:.0f} s"),
-                           goaway=True)  # fmt: skip
+            now = trio.current_time()
+            busy = bool(self.streams)
+            interval = self.config.keepalive_interval / (3 if busy else 1)
+            timeout = self.config.keepalive_timeout / (3 if busy else 1)
+            deadline = self._last_received + timeout  # compared as is: no rounding gap
+            if now >= deadline:
+                silent = now - self._last_received
+                self._fail(
+                    LinkClosed(f"keepalive timeout: nothing heard for {silent:.0f} s"),
+                    ErrorCode.KEEPALIVE_TIMEOUT,
+                )
                 return
-            opaque += 1
-            self._ping_sent_at = trio.current_time()
-            self._send_control(Ping(opaque))
+            if now >= last_ping + interval:
+                last_ping = now
+                self._ping_opaque += 1
+                self._ping_sent_at = now
+                self._send_control(Ping(self._ping_opaque))
+            # Wake for the next ping, the silence deadline, and a link turning busy (times
+            # compared exactly as they are computed: a rounding gap would spin this loop).
+            wake = min(last_ping + interval, deadline)
+            if not busy:
+                wake = min(wake, now + self.config.keepalive_interval / 3)
+            await trio.sleep_until(wake)
 
     # -- failure --------------------------------------------------------------------------
 
-    def _fail(self, error: Exception, *, goaway: bool) -> None:
+    def _fail(self, error: Exception, goaway: ErrorCode | None = None) -> None:
+        """End the link with `error`; with `goaway`, tell the peer first, with that code."""
         if self._closing.is_set():
             return
         self.error = error
-        if goaway and self.conn.state is not LinkState.CLOSED and self.conn.goaway_sent is None:
-            code = ErrorCode.NO_ERROR
-            if "keepalive" in str(error):
-                code = ErrorCode.KEEPALIVE_TIMEOUT
-            self._urgent.extend(
-                self.conn.send(GoAway(self.conn.highest_stream_id, code, str(error)))
-            )
-        if not goaway and self.conn.state is not LinkState.CLOSED:
+        conn = self.conn
+        if goaway is not None and conn.state is not LinkState.CLOSED and conn.goaway_sent is None:
+            reason = str(error)[:200]
+            self._take_control(conn.send(GoAway(conn.highest_stream_id, goaway, reason)))
+        if goaway is None and conn.state is not LinkState.CLOSED:
             self._flushed.set()
         # Frames of streams that already ended still go out (the tail of a response that
         # finished just before a drain or close); those of the streams failed here do not.
-        failing = set(self.streams)
-        self._queue = deque(e for e in self._queue if e[0] is None or e[0].stream_id not in failing)
-        for stream in list(self.streams.values()):
+        failing = set(self.streams.values())
+        if failing:
+            self._queue = deque(item for item in self._queue if item.stream not in failing)
+        for stream in failing:
             stream._fail(error)
         self.streams.clear()
         self._closing.set()
         self._handshake_done.set()
         self._slots_lot.unpark_all()
+        self._backlog_lot.unpark_all()
         self._wake_writer()
 
 

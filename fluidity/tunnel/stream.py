@@ -14,7 +14,7 @@ writer sends it in one batch. The per-stream queue bound and the window make any
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -55,7 +55,8 @@ class TunnelStream:
         self.reply: Reply | None = None
         self._inbox: deque[Inbound] = deque()
         self._partial: memoryview | None = None
-        #: Bytes queued in the link's writer for this stream and not yet written.
+        #: Bytes queued in the link's writer for this stream and not yet written (kept by
+        #: the link; read here for the stream's share of the queue).
         self.queued = 0
         #: Payload bytes received and not yet handed to the application.
         self.buffered = 0
@@ -65,8 +66,6 @@ class TunnelStream:
         self._receive_lot = trio.lowlevel.ParkingLot()
         self._send_lot = trio.lowlevel.ParkingLot()
         self._cancel_on_failure: trio.CancelScope | None = None
-        #: The link's queue entry of our last Data frame while it is unsent, and the frame.
-        self._unsent_data: tuple[list[Any], Data] | None = None
 
     def __repr__(self) -> str:
         return f"<TunnelStream {self.stream_id} {self.kind.value}>"
@@ -155,8 +154,7 @@ class TunnelStream:
         self._check_usable()
         link = self._link
         credit = link.conn.send_window(self.stream_id)
-        room = link.config.stream_send_buffer - self.queued
-        if credit > 0 and room > 0:
+        if credit > 0 and (room := link._send_room(self)) > 0:
             return min(want, credit, room, link.conn.max_send_data)
         return 0
 
