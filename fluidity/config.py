@@ -452,14 +452,19 @@ class ServerConfig:
         default=(),
         metadata=_meta(
             "CIDR blocks always allowed as destinations, overriding the default denials "
-            "(loopback, unspecified, link-local and cloud metadata addresses).",
+            "(loopback, unspecified, link-local, cloud metadata, and private networks: "
+            "RFC 1918, 100.64.0.0/10, fc00::/7, and NAT64 addresses of any of these).",
             check=_cidrs,
             metavar="CIDR",
         ),
     )
     egress_deny: tuple[str, ...] = attrs.field(
         default=(),
-        metadata=_meta("Extra CIDR blocks refused as destinations.", check=_cidrs, metavar="CIDR"),
+        metadata=_meta(
+            "Extra CIDR blocks refused as destinations; wins over egress_allow.",
+            check=_cidrs,
+            metavar="CIDR",
+        ),
     )
     static_hosts: StaticHosts = attrs.field(
         default=StaticHosts(),

@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 from fluidity.protocol import ErrorCode, Request, Response
+from fluidity.server import egress
 from fluidity.server.egress import EgressPolicy
 from fluidity.server.upstream_http import _request_url, _split
 from fluidity.tunnel import StreamReset
@@ -323,9 +324,30 @@ async def test_loopback_is_refused_by_default(origin: HTTPOrigin) -> None:
             result = await exchange(env.agent, "GET", origin.url("/echo"))
     assert result.status == 403
     assert result.header("x-fluidity-error") == (
-        "destination 127.0.0.1 is not allowed by the egress policy"
+        "destination 127.0.0.1 is not allowed by the egress policy (local, link-local and "
+        "private addresses are refused unless egress_allow lists them)"
     )
     assert origin.connections == 0
+
+
+async def test_a_private_destination_is_403_naming_egress_allow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connects: list[object] = []
+
+    async def no_connect(candidate: object) -> trio.SocketStream:
+        connects.append(candidate)  # a guard: no test sends traffic to a private address
+        raise OSError("tests never connect to private addresses")
+
+    monkeypatch.setattr(egress, "_connect", no_connect)
+    with trio.fail_after(10):
+        async with serving() as env:
+            result = await exchange(env.agent, "GET", "http://10.1.2.3/?token=abc")
+            ipv6 = await exchange(env.agent, "GET", "http://[fd00::1]:8080/")
+    assert (result.status, ipv6.status) == (403, 403)
+    assert "egress_allow" in result.body.decode()
+    assert "egress_allow" in (ipv6.header("x-fluidity-error") or "")
+    assert connects == []
 
 
 async def test_a_name_resolving_to_a_denied_address_is_refused() -> None:
