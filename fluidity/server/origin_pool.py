@@ -11,7 +11,9 @@ Every connection is opened by `egress.open_tcp`, so the policy sees it; its `Ups
 pass through untouched, status and all. Other failures become httpx2's exceptions with a short
 reason, as they reach the user as 502/504 answers. A connection goes back to the pool only
 when both sides finished the exchange and keep-alive holds; anything else (an error, a
-cancelled request, a body not read to the end) closes it.
+cancelled request, a body not read to the end) closes it. A reused connection the origin
+closed as the request went out costs one retry on a new connection, for a bodiless request
+with an idempotent method only: anything else may have been acted on, so it is not replayed.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ MAX_IDLE = 64
 KEEPALIVE_EXPIRY = 30.0
 
 Key = tuple[bytes, bytes, int]  # scheme, host, port
+
+#: Methods a request may be sent again with (RFC 9110 9.2.2): when a reused connection drops
+#: a request unanswered, only these are retried; a POST or PATCH answers 502 instead.
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 #: The response extension holding the body stream itself: the same bytes as
 #: `Response.aiter_raw()`, without httpx2's two generators per chunk. Closing the response
@@ -359,8 +365,9 @@ class OriginPool(httpx2.AsyncBaseTransport):
         if ended:
             data += _send(h, _END)
             # Nothing coming back on a connection that was idle means the origin closed it
-            # as we sent: safe to send again only if there was no body to lose.
-            retry = conn.reused and not first
+            # as we sent: safe to send again only if there was no body to lose and the
+            # method is idempotent, as the origin may have acted on it all the same.
+            retry = conn.reused and not first and head.method in IDEMPOTENT
             return await _send_and_receive_head(conn, data, retry, read_timeout, write_timeout)
         failed: httpx2.WriteError | None = None
         try:

@@ -17,6 +17,7 @@ from fluidity.server.egress import EgressPolicy
 from fluidity.server.upstream_http import _request_url, _split
 from fluidity.tunnel import StreamReset
 from tests.server.harness import exchange, read_all, serving
+from tests.server.test_origin_pool import OK, Peer, scripted_origin
 from tests.support.origins import (
     GZIP_BODY,
     HTTPOrigin,
@@ -400,3 +401,27 @@ async def test_query_strings_are_not_logged_at_info(
             await exchange(env.agent, "GET", "http://127.0.0.1:1/x?token=s3cret")
     assert "s3cret" not in caplog.text
     assert "HTTP Request: GET" in caplog.text  # httpx2's line is there, without the query
+
+
+async def test_a_post_on_a_dropped_keep_alive_connection_is_502_not_sent_twice() -> None:
+    """The origin closes its reused connection as the request arrives: a GET is sent again on
+    a new one, a POST is answered 502 (the origin may have acted on it)."""
+
+    async def answer_once_then_drop(peer: Peer, index: int) -> None:
+        await peer.read_request()
+        await peer.send(OK)
+        await peer.read_head()  # and close
+
+    with trio.fail_after(10):
+        async with scripted_origin(answer_once_then_drop) as origin, serving() as env:
+            assert (await exchange(env.agent, "GET", origin.url("/warm"))).status == 200
+            post = await exchange(env.agent, "POST", origin.url("/order"))
+            assert (await exchange(env.agent, "GET", origin.url("/again"))).status == 200
+            get = await exchange(env.agent, "GET", origin.url("/retried"))
+    assert post.status == 502
+    assert "without answering" in post.body.decode()
+    posts = [head for heads in origin.heads for head in heads if head.startswith(b"POST ")]
+    assert len(posts) == 1
+    assert get.status == 200
+    retried = [head for heads in origin.heads for head in heads if b" /retried " in head]
+    assert len(retried) == 2  # once on the dropped connection, once on a new one
