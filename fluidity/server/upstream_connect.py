@@ -13,7 +13,7 @@ import logging
 import trio
 
 from fluidity.protocol import Connect, ConnectAck, ErrorCode
-from fluidity.tunnel import LinkClosed, StreamReset, TunnelStream
+from fluidity.tunnel import FrameTooLarge, LinkClosed, StreamReset, TunnelStream
 
 from .activity import ActivityTracker
 from .egress import EgressPolicy, UpstreamError, open_tcp
@@ -21,6 +21,7 @@ from .egress import EgressPolicy, UpstreamError, open_tcp
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
+_REASON_TOO_LARGE = "the upstream connection failed (the reason is too large for the tunnel)"
 _SOCKET_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
@@ -39,7 +40,10 @@ async def serve_connect(
         sock = await open_tcp(head.host, head.port, policy=policy, connect_timeout=connect_timeout)
     except UpstreamError as exc:
         log.info("%s: %d %s", label, exc.status, exc.reason)
-        await stream.send_reply(ConnectAck(stream.stream_id, exc.status, exc.reason))
+        try:
+            await stream.send_reply(ConnectAck(stream.stream_id, exc.status, exc.reason))
+        except FrameTooLarge:  # a reason quoting a huge host name: nothing was sent
+            await stream.send_reply(ConnectAck(stream.stream_id, exc.status, _REASON_TOO_LARGE))
         return
     try:
         await stream.send_reply(ConnectAck(stream.stream_id, 200))

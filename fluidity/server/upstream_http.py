@@ -7,7 +7,10 @@ network only through `origin_pool.OriginPool`, which opens every connection with
 nothing holds a whole body.
 
 Failures before the response head become a short text/plain answer (403/502/504, reason in
-`X-Fluidity-Error`); after it the stream is reset with UPSTREAM_ERROR, as the head is gone.
+`X-Fluidity-Error`); after it the stream is reset with UPSTREAM_ERROR, as the head is gone. A
+response head too large for one tunnel frame is such a failure (502): the pool refuses one
+above MAX_HEAD while reading, and a head that fits the wire but not the frame is caught as
+FrameTooLarge, which sends nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import httpx2
 import trio
 
 from fluidity.protocol import ErrorCode, Request, Response
-from fluidity.tunnel import LinkClosed, StreamReset, TunnelStream
+from fluidity.tunnel import FrameTooLarge, LinkClosed, StreamReset, TunnelStream
 
 from .activity import ActivityTracker
 from .egress import EgressPolicy, UpstreamError
@@ -326,29 +329,41 @@ async def serve_request(
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: %d", _label(stream, head), response.status_code)
         reason = response.extensions.get("reason_phrase", b"")
-        await stream.send_reply(
-            Response(
-                stream.stream_id,
-                response.status_code,
-                reason if isinstance(reason, bytes) else b"",
-                tuple(response.headers.raw),
-            )
-        )
-        # The pool's body stream itself: aiter_raw() would add two generators per chunk.
-        chunks: AsyncIterator[bytes] = response.extensions[BODY_EXTENSION]
         try:
-            async for chunk in chunks:
-                activity.touch()
-                await stream.send_all(chunk)
-        except httpx2.HTTPError as exc:
-            error = _translate(exc)
-            log.info("%s: response body failed: %s", _label(stream, head), error.reason)
-            stream.reset(ErrorCode.UPSTREAM_ERROR, error.reason)
-            return
-        # Read to the end, the body released its connection: closing the response now
-        # would only note the time.
-        finished = True
-        await stream.send_eof()
+            await stream.send_reply(
+                Response(
+                    stream.stream_id,
+                    response.status_code,
+                    reason if isinstance(reason, bytes) else b"",
+                    tuple(response.headers.raw),
+                )
+            )
+        except FrameTooLarge as exc:
+            # Nothing was sent: the stream is still unanswered, and the link is fine. The
+            # response (and its connection) is closed below.
+            error = UpstreamError(
+                502,
+                f"the origin's response head is too large for the tunnel "
+                f"({exc.size} bytes encoded, at most {exc.limit})",
+            )
+            log.info("%s: %d %s", _label(stream, head), error.status, error.reason)
+            await _answer_error(stream, error)
+        else:
+            # The pool's body stream itself: aiter_raw() would add two generators per chunk.
+            chunks: AsyncIterator[bytes] = response.extensions[BODY_EXTENSION]
+            try:
+                async for chunk in chunks:
+                    activity.touch()
+                    await stream.send_all(chunk)
+            except httpx2.HTTPError as exc:
+                error = _translate(exc)
+                log.info("%s: response body failed: %s", _label(stream, head), error.reason)
+                stream.reset(ErrorCode.UPSTREAM_ERROR, error.reason)
+                return
+            # Read to the end, the body released its connection: closing the response now
+            # would only note the time.
+            finished = True
+            await stream.send_eof()
     finally:
         if not finished:
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):

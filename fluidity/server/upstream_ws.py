@@ -23,7 +23,7 @@ import trio_websocket
 from wsproto.frame_protocol import CloseReason
 
 from fluidity.protocol import Headers, WebSocketAck, WebSocketClose, WebSocketOpen
-from fluidity.tunnel import LinkClosed, StreamReset, TunnelStream
+from fluidity.tunnel import FrameTooLarge, LinkClosed, StreamReset, TunnelStream
 
 from .activity import ActivityTracker
 from .egress import EgressPolicy, UpstreamError, open_tcp
@@ -146,7 +146,7 @@ async def serve_websocket(
         )
     except UpstreamError as exc:
         log.info("%s: %d %s", label, exc.status, exc.reason)
-        await stream.send_reply(WebSocketAck(stream.stream_id, exc.status, error=exc.reason))
+        await _refuse(stream, exc.status, exc.reason)
         return
     failure: UpstreamError | None = None
     refusal: Headers = ()
@@ -168,12 +168,17 @@ async def serve_websocket(
                 )
             else:
                 accepted = tuple(_end_to_end(ws.handshake_headers))
-                await stream.send_reply(
-                    WebSocketAck(stream.stream_id, 101, ws.subprotocol, accepted)
-                )
-                log.debug("%s: open (subprotocol %r)", label, ws.subprotocol)
                 try:
-                    await _Relay(stream, ws, activity, max_message_size).run()
+                    await stream.send_reply(
+                        WebSocketAck(stream.stream_id, 101, ws.subprotocol, accepted)
+                    )
+                except FrameTooLarge as exc:  # nothing was sent: refuse instead
+                    failure = UpstreamError(502, _too_large(exc))
+                else:
+                    log.debug("%s: open (subprotocol %r)", label, ws.subprotocol)
+                try:
+                    if failure is None:
+                        await _Relay(stream, ws, activity, max_message_size).run()
                 finally:
                     # Normally a no-op: both sides have closed. If the agent went away, the
                     # origin hears 1001; if the whole link is going, this handler is about to
@@ -197,10 +202,25 @@ async def serve_websocket(
         await trio.aclose_forcefully(transport)
     if failure is not None:
         log.info("%s: %d %s", label, failure.status, failure.reason)
-        await stream.send_reply(
-            WebSocketAck(stream.stream_id, failure.status, headers=refusal, error=failure.reason)
-        )
+        await _refuse(stream, failure.status, failure.reason, refusal)
     log.debug("%s: closed", label)
+
+
+def _too_large(exc: FrameTooLarge) -> str:
+    return (
+        f"the origin's handshake answer is too large for the tunnel "
+        f"({exc.size} bytes encoded, at most {exc.limit})"
+    )
+
+
+async def _refuse(stream: TunnelStream, status: int, reason: str, headers: Headers = ()) -> None:
+    """Answer a failed WebSocketAck; one too large for a frame becomes a bare 502."""
+    try:
+        await stream.send_reply(
+            WebSocketAck(stream.stream_id, status, headers=headers, error=reason)
+        )
+    except FrameTooLarge as exc:
+        await stream.send_reply(WebSocketAck(stream.stream_id, 502, error=_too_large(exc)))
 
 
 class _Relay:

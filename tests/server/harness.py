@@ -76,8 +76,10 @@ async def serving(
     read_timeout: float = 10.0,
     max_ws_message: int | None = None,
     config: LinkConfig | None = None,
+    agent_config: LinkConfig | None = None,
     activity: ActivityTracker | None = None,
 ) -> AsyncIterator[Served]:
+    """`config` is both links' (`agent_config`, if given, the agent's)."""
     install(StaticResolver(TEST_HOSTS, fallback_to_system=False))
     activity = activity or ActivityTracker()
     extra: dict[str, Any] = {} if max_ws_message is None else {"max_ws_message": max_ws_message}
@@ -90,7 +92,7 @@ async def serving(
             verify=verify,
             **extra,
         ) as handler,
-        linked_pair(handler, config, config) as (agent, server),
+        linked_pair(handler, agent_config or config, config) as (agent, server),
     ):
         yield Served(agent, server, handler, activity)
 
