@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
@@ -69,6 +70,17 @@ def _why(exc: BaseException) -> str:
     if isinstance(cause, ssl.SSLError):
         return cause.reason or cause.__class__.__name__
     return str(cause) or cause.__class__.__name__
+
+
+#: Where h11 starts quoting the data it refused ("Illegal header value b'...'").
+_QUOTED = re.compile(r"\s*(?:b?['\"]|\{).*", re.DOTALL)
+
+
+def request_error(exc: h11.LocalProtocolError) -> str:
+    """Why the request cannot be sent, without the bytes h11 quotes: an illegal header value
+    may well be a credential, and this reason is logged and answered to the client."""
+    why = _QUOTED.sub("", str(exc)) or "not valid HTTP/1.1"
+    return f"the request cannot be sent as HTTP/1.1: {why}"
 
 
 def _seconds(timeout: float | None) -> float:
@@ -322,7 +334,7 @@ class OriginPool(httpx2.AsyncBaseTransport):
                 headers=request.headers.raw,
             )
         except h11.LocalProtocolError as exc:
-            raise httpx2.LocalProtocolError(str(exc)) from exc
+            raise httpx2.LocalProtocolError(request_error(exc)) from None
 
         conn = await self._checkout(key)
         if conn is None:
@@ -354,7 +366,7 @@ class OriginPool(httpx2.AsyncBaseTransport):
             if isinstance(exc, h11.RemoteProtocolError):
                 raise httpx2.RemoteProtocolError(f"the origin broke HTTP/1.1: {exc}") from exc
             if isinstance(exc, h11.LocalProtocolError):
-                raise httpx2.LocalProtocolError(str(exc)) from exc
+                raise httpx2.LocalProtocolError(request_error(exc)) from None
             raise
         body = _ResponseBody(self, conn, read_timeout)
         return httpx2.Response(

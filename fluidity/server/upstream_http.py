@@ -56,13 +56,14 @@ class _DiscardingCookieJar(http.cookiejar.CookieJar):
 
 
 class _RedactQuery(logging.Filter):
-    """httpx2 logs every request URL at INFO; query strings may hold secrets, so drop them."""
+    """httpx2 logs every request URL at INFO; query strings and user info may hold secrets,
+    so drop them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         url = args[1] if isinstance(args, tuple) and len(args) > 1 else None
-        if isinstance(url, httpx2.URL) and url.query and isinstance(args, tuple):
-            record.args = (args[0], url.copy_with(query=None), *args[2:])
+        if isinstance(url, httpx2.URL) and (url.query or url.userinfo) and isinstance(args, tuple):
+            record.args = (args[0], url.copy_with(query=None, userinfo=b""), *args[2:])
         return True
 
 
@@ -271,6 +272,8 @@ async def _build_request(
 def _translate(exc: httpx2.HTTPError) -> UpstreamError:
     if isinstance(exc, httpx2.TimeoutException):
         return UpstreamError(504, f"the origin timed out: {exc}")
+    if isinstance(exc, httpx2.LocalProtocolError):  # the client's request (see request_error)
+        return UpstreamError(400, str(exc))
     return UpstreamError(502, f"the origin failed: {exc}" if str(exc) else "the origin failed")
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 import attrs
+import h11
 import trio
 import trio_websocket
 from wsproto.frame_protocol import CloseReason
@@ -27,6 +28,7 @@ from fluidity.tunnel import FrameTooLarge, LinkClosed, StreamReset, TunnelStream
 
 from .activity import ActivityTracker
 from .egress import EgressPolicy, UpstreamError, open_tcp
+from .origin_pool import request_error
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,15 @@ async def _open_transport(
     return tls
 
 
+def _check_headers(headers: Headers) -> None:
+    """Refuse (400) headers HTTP forbids before connecting: wsproto would raise h11's error,
+    which quotes the offending value (a credential, maybe) into the logs."""
+    try:
+        h11.Request(method="GET", target="/", headers=[(b"Host", b"x"), *_end_to_end(headers)])
+    except h11.LocalProtocolError as exc:
+        raise UpstreamError(400, request_error(exc)) from None
+
+
 def _wire_close(code: int, reason: str) -> tuple[int, str | None]:
     """A close code and reason that may go in a close frame (1005/1006/1015 may not)."""
     if code == CloseReason.NO_STATUS_RCVD:
@@ -141,6 +152,7 @@ async def serve_websocket(
     try:
         target = parse_url(head.url)
         label = f"{label} {'wss' if target.secure else 'ws'}://{target.authority}"
+        _check_headers(head.headers)
         transport = await _open_transport(
             target, policy=policy, connect_timeout=connect_timeout, ssl_context=ssl_context
         )
