@@ -493,6 +493,22 @@ class ServerConfig:
             "Seconds a destination may stay silent while a response is awaited.", check=_positive
         ),
     )
+    tunnel_idle_timeout: float = attrs.field(
+        default=300.0,
+        metadata=_meta(
+            "Seconds a CONNECT tunnel or WebSocket may move nothing either way before the "
+            "server closes it (an open one keeps the server awake).",
+            check=_positive,
+        ),
+    )
+    half_closed_timeout: float = attrs.field(
+        default=30.0,
+        metadata=_meta(
+            "Seconds a CONNECT tunnel with one direction ended (the client sent EOF, say) may "
+            "move nothing before the server closes it.",
+            check=_positive,
+        ),
+    )
     handshake_timeout: float = attrs.field(
         default=10.0,
         metadata=_meta("Seconds an agent gets for the TLS and link handshakes.", check=_positive),

@@ -141,6 +141,8 @@ async def serve(
         activity=activity,
         connect_timeout=config.upstream_connect_timeout,
         read_timeout=config.upstream_read_timeout,
+        idle_timeout=config.tunnel_idle_timeout,
+        half_closed_timeout=config.half_closed_timeout,
     ) as handler:
         server = TunnelServer(
             context,

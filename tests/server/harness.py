@@ -75,6 +75,8 @@ async def serving(
     connect_timeout: float = 5.0,
     read_timeout: float = 10.0,
     max_ws_message: int | None = None,
+    idle_timeout: float | None = None,
+    half_closed_timeout: float | None = None,
     config: LinkConfig | None = None,
     agent_config: LinkConfig | None = None,
     activity: ActivityTracker | None = None,
@@ -82,7 +84,12 @@ async def serving(
     """`config` is both links' (`agent_config`, if given, the agent's)."""
     install(StaticResolver(TEST_HOSTS, fallback_to_system=False))
     activity = activity or ActivityTracker()
-    extra: dict[str, Any] = {} if max_ws_message is None else {"max_ws_message": max_ws_message}
+    options = {
+        "max_ws_message": max_ws_message,
+        "idle_timeout": idle_timeout,
+        "half_closed_timeout": half_closed_timeout,
+    }
+    extra: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
     async with (
         open_stream_handler(
             policy,
