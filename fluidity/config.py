@@ -517,6 +517,22 @@ class ServerConfig:
         default=64,
         metadata=_meta("Most agent links open at once; more are refused.", check=_positive_int),
     )
+    max_handshakes: int = attrs.field(
+        default=64,
+        metadata=_meta(
+            "Most connections in their TLS handshake (not yet authenticated) at once; at the "
+            "cap the oldest one that has sent nothing is closed to make room.",
+            check=_positive_int,
+        ),
+    )
+    max_handshakes_per_source: int = attrs.field(
+        default=8,
+        metadata=_meta(
+            "Most connections in their TLS handshake from one IPv4 address or IPv6 /64; at "
+            "the cap its oldest one that has sent nothing is closed to make room.",
+            check=_positive_int,
+        ),
+    )
     keepalive_interval: float = attrs.field(
         default=15.0,
         metadata=_meta("Seconds between keepalive pings on an idle link.", check=_positive),
