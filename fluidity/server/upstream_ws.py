@@ -191,10 +191,9 @@ async def serve_websocket(
                     )
                 except FrameTooLarge as exc:  # nothing was sent: refuse instead
                     failure = UpstreamError(502, _too_large(exc))
-                else:
-                    log.debug("%s: open (subprotocol %r)", label, ws.subprotocol)
                 try:
                     if failure is None:
+                        log.debug("%s: open (subprotocol %r)", label, ws.subprotocol)
                         idle = IdleTimer(idle_timeout, half_closed_timeout)
                         await _Relay(stream, ws, activity, max_message_size, idle).run()
                         if idle.expired is not None:
