@@ -452,14 +452,19 @@ class ServerConfig:
         default=(),
         metadata=_meta(
             "CIDR blocks always allowed as destinations, overriding the default denials "
-            "(loopback, unspecified, link-local and cloud metadata addresses).",
+            "(loopback, unspecified, link-local, cloud metadata, and private networks: "
+            "RFC 1918, 100.64.0.0/10, fc00::/7, and NAT64 addresses of any of these).",
             check=_cidrs,
             metavar="CIDR",
         ),
     )
     egress_deny: tuple[str, ...] = attrs.field(
         default=(),
-        metadata=_meta("Extra CIDR blocks refused as destinations.", check=_cidrs, metavar="CIDR"),
+        metadata=_meta(
+            "Extra CIDR blocks refused as destinations; wins over egress_allow.",
+            check=_cidrs,
+            metavar="CIDR",
+        ),
     )
     static_hosts: StaticHosts = attrs.field(
         default=StaticHosts(),
@@ -488,6 +493,22 @@ class ServerConfig:
             "Seconds a destination may stay silent while a response is awaited.", check=_positive
         ),
     )
+    tunnel_idle_timeout: float = attrs.field(
+        default=300.0,
+        metadata=_meta(
+            "Seconds a CONNECT tunnel or WebSocket may move nothing either way before the "
+            "server closes it (an open one keeps the server awake).",
+            check=_positive,
+        ),
+    )
+    half_closed_timeout: float = attrs.field(
+        default=30.0,
+        metadata=_meta(
+            "Seconds a CONNECT tunnel with one direction ended (the client sent EOF, say) may "
+            "move nothing before the server closes it.",
+            check=_positive,
+        ),
+    )
     handshake_timeout: float = attrs.field(
         default=10.0,
         metadata=_meta("Seconds an agent gets for the TLS and link handshakes.", check=_positive),
@@ -495,6 +516,22 @@ class ServerConfig:
     max_links: int = attrs.field(
         default=64,
         metadata=_meta("Most agent links open at once; more are refused.", check=_positive_int),
+    )
+    max_handshakes: int = attrs.field(
+        default=64,
+        metadata=_meta(
+            "Most connections in their TLS handshake (not yet authenticated) at once; at the "
+            "cap the oldest one that has sent nothing is closed to make room.",
+            check=_positive_int,
+        ),
+    )
+    max_handshakes_per_source: int = attrs.field(
+        default=8,
+        metadata=_meta(
+            "Most connections in their TLS handshake from one IPv4 address or IPv6 /64; at "
+            "the cap its oldest one that has sent nothing is closed to make room.",
+            check=_positive_int,
+        ),
     )
     keepalive_interval: float = attrs.field(
         default=15.0,

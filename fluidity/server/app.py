@@ -18,6 +18,7 @@ from fluidity.tunnel import Link, LinkClosed, LinkConfig, open_link
 from .activity import ActivityTracker
 from .egress import EgressPolicy
 from .handler import StreamHandler, open_stream_handler
+from .handshakes import PendingHandshakes, source_of
 from .health import serve_health
 from .metrics import MetricsEmitter, MetricsSettings, MetricsSetupError
 from .resolver import StaticResolver, install
@@ -31,6 +32,14 @@ def _peer(stream: trio.SocketStream) -> str:
     except OSError:
         return "unknown peer"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _source(stream: trio.SocketStream) -> str:
+    try:
+        host = stream.socket.getpeername()[0]
+    except OSError:
+        return "unknown peer"
+    return source_of(host)
 
 
 def _handshake_failure(exc: BaseException) -> str:
@@ -50,7 +59,8 @@ def _agent_name(tls: trio.SSLStream[trio.SocketStream]) -> str:
 
 
 class TunnelServer:
-    """Accepts agents: TLS handshake (bounded), then one link each, in its own nursery."""
+    """Accepts agents: TLS handshake (bounded in time and number), then one link each, in
+    its own nursery."""
 
     def __init__(
         self,
@@ -60,6 +70,8 @@ class TunnelServer:
         *,
         handshake_timeout: float,
         max_links: int,
+        max_handshakes: int = 64,
+        max_handshakes_per_source: int = 8,
     ) -> None:
         self.ssl_context = ssl_context
         self.handler = handler
@@ -67,6 +79,8 @@ class TunnelServer:
         self.handshake_timeout = handshake_timeout
         self.max_links = max_links
         self.links: set[Link] = set()
+        #: Connections before the end of their TLS handshake (see `handshakes`).
+        self.handshakes = PendingHandshakes(max_handshakes, max_handshakes_per_source)
         self.draining = False
 
     async def handle(self, tcp: trio.SocketStream) -> None:
@@ -75,16 +89,25 @@ class TunnelServer:
             log.warning("refusing %s: %s", peer, "draining" if self.draining else "too many links")
             await trio.aclose_forcefully(tcp)
             return
-        tls = trio.SSLStream(tcp, self.ssl_context, server_side=True)
+        pending = self.handshakes.admit(_source(tcp), trio.current_time() + self.handshake_timeout)
         try:
-            with trio.fail_after(self.handshake_timeout):
+            with pending.scope:
+                # No TLS state (tens of KB) for a connection that has sent nothing yet.
+                await trio.lowlevel.wait_readable(tcp.socket)
+                pending.talking = True
+                tls = trio.SSLStream(tcp, self.ssl_context, server_side=True)
                 await tls.do_handshake()
-        except trio.TooSlowError:
-            log.warning("TLS handshake from %s timed out", peer)
-            await trio.aclose_forcefully(tcp)
-            return
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.warning("TLS handshake from %s failed: %s", peer, _handshake_failure(exc))
+            await trio.aclose_forcefully(tcp)
+            return
+        finally:
+            self.handshakes.done(pending)
+        if pending.scope.cancelled_caught:
+            if pending.shed:
+                log.debug("closing %s: shed for a newer connection", peer)
+            else:
+                log.warning("TLS handshake from %s timed out", peer)
             await trio.aclose_forcefully(tcp)
             return
         name = _agent_name(tls)
@@ -141,6 +164,8 @@ async def serve(
         activity=activity,
         connect_timeout=config.upstream_connect_timeout,
         read_timeout=config.upstream_read_timeout,
+        idle_timeout=config.tunnel_idle_timeout,
+        half_closed_timeout=config.half_closed_timeout,
     ) as handler:
         server = TunnelServer(
             context,
@@ -148,6 +173,8 @@ async def serve(
             link_config,
             handshake_timeout=config.handshake_timeout,
             max_links=config.max_links,
+            max_handshakes=config.max_handshakes,
+            max_handshakes_per_source=config.max_handshakes_per_source,
         )
 
         def report() -> tuple[int, dict[str, Any]]:
@@ -155,6 +182,7 @@ async def serve(
             body = {
                 "status": "draining" if server.draining else "ok",
                 "links": len(server.links),
+                "handshakes": len(server.handshakes),
                 "active_connections": snap.active,
                 "last_activity_epoch": snap.last_activity_epoch,
             }

@@ -29,7 +29,10 @@ import trio
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-#: Refused unless `allow` names them: loopback, unspecified, link-local, cloud metadata.
+#: Refused unless `allow` names them: this host, link-local (cloud metadata included), and every
+#: private network the server might sit in or next to. A proxy on a VPC must not become a door
+#: into it: RFC 1918, carrier-grade NAT (RFC 6598, used inside some clouds), IPv6 unique local
+#: (RFC 4193, AWS's fd00:ec2::/32 metadata and DNS addresses too).
 DEFAULT_DENY: tuple[IPNetwork, ...] = tuple(
     ipaddress.ip_network(cidr)
     for cidr in (
@@ -39,9 +42,53 @@ DEFAULT_DENY: tuple[IPNetwork, ...] = tuple(
         "::/128",
         "169.254.0.0/16",
         "fe80::/10",
-        "fd00:ec2::254/128",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "fc00::/7",
     )
 )
+
+#: NAT64 (RFC 6052): a translator connects to the IPv4 address inside, so that is what is
+#: checked. The well-known prefix holds it in the last 32 bits.
+NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
+#: The local-use prefix (RFC 8215) is the network's own: its translator may use any RFC 6052
+#: layout (/48, /56, /64 or /96), so every layout the address fits is checked.
+NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+#: RFC 6052 layouts possible under a /48: (IPv4 bit ranges, first suffix bit that must be 0).
+#: Bits count from the address's most significant; bits 64-71 (the "u" octet) are always 0.
+_NAT64_LAYOUTS: tuple[tuple[tuple[tuple[int, int], ...], int], ...] = (
+    (((48, 16), (72, 16)), 88),
+    (((56, 8), (72, 24)), 96),
+    (((72, 32),), 104),
+    (((96, 32),), 128),
+)
+
+
+def _bits(value: int, start: int, length: int) -> int:
+    return (value >> (128 - start - length)) & ((1 << length) - 1)
+
+
+def _nat64_ipv4(address: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...] | None:
+    """The IPv4 addresses a NAT64 address may stand for (None: not a NAT64 address; empty:
+    one that fits no layout)."""
+    if address in NAT64_WELL_KNOWN:
+        return (ipaddress.IPv4Address(int(address) & 0xFFFFFFFF),)
+    if address not in NAT64_LOCAL:
+        return None
+    value = int(address)
+    if _bits(value, 64, 8):
+        return ()
+    found = []
+    for pieces, suffix in _NAT64_LAYOUTS:
+        if suffix < 128 and _bits(value, suffix, 128 - suffix):
+            continue
+        v4 = 0
+        for start, length in pieces:
+            v4 = (v4 << length) | _bits(value, start, length)
+        found.append(ipaddress.IPv4Address(v4))
+    return tuple(found)
 
 
 class UpstreamError(Exception):
@@ -96,25 +143,46 @@ class EgressPolicy:
     """Which destination addresses the server may connect to.
 
     Order of rules: `deny` refuses (it is the operator's explicit word), then `allow` permits
-    (overriding the built-in defaults), then `DEFAULT_DENY` refuses; anything else is allowed.
+    (overriding the built-in defaults), then a NAT64 address is judged by the IPv4 address
+    inside it (all the rules again), then `DEFAULT_DENY` refuses; anything else is allowed.
     """
 
     allow: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_networks)
     deny: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_networks)
 
     def allows(self, address: str | IPAddress) -> bool:
+        return self.refusal(address) is None
+
+    def refusal(self, address: str | IPAddress) -> str | None:
+        """Why `address` is refused, naming the setting that would change it; None: allowed."""
         ip = ipaddress.ip_address(address) if isinstance(address, str) else address
         ip = _unmapped(ip)
         if any(ip in net for net in self.deny):
-            return False
+            return "egress_deny lists it"
         if any(ip in net for net in self.allow):
-            return True
-        return not any(ip in net for net in DEFAULT_DENY)
+            return None
+        if isinstance(ip, ipaddress.IPv6Address) and (inside := _nat64_ipv4(ip)) is not None:
+            if not inside:
+                return _DEFAULT_REFUSAL
+            for v4 in inside:
+                if (why := self.refusal(v4)) is not None:
+                    return why
+            return None
+        if any(ip in net for net in DEFAULT_DENY):
+            return _DEFAULT_REFUSAL
+        return None
 
 
-def _denied(host: str, address: str | None = None) -> EgressDenied:
+_DEFAULT_REFUSAL = (
+    "local, link-local and private addresses are refused unless egress_allow lists them"
+)
+
+
+def _denied(host: str, why: str | None, address: str | None = None) -> EgressDenied:
     where = host if address is None or address == host else f"{host} ({address})"
-    return EgressDenied(f"destination {where} is not allowed by the egress policy")
+    return EgressDenied(
+        f"destination {where} is not allowed by the egress policy ({why or _DEFAULT_REFUSAL})"
+    )
 
 
 def _literal(host: str) -> IPAddress | None:
@@ -173,12 +241,13 @@ async def open_tcp(
     try:
         with trio.fail_after(connect_timeout):
             literal = _literal(host)
-            if literal is not None and not policy.allows(literal):
-                raise _denied(host)
+            if literal is not None and (why := policy.refusal(literal)) is not None:
+                raise _denied(host, why)
             candidates = await _resolve(host, port)
             allowed = [c for c in candidates if policy.allows(c[3][0])]
             if not allowed:
-                raise _denied(host, candidates[0][3][0])
+                first = candidates[0][3][0]
+                raise _denied(host, policy.refusal(first), first)
             last: OSError | None = None
             for candidate in allowed:
                 try:
@@ -192,9 +261,9 @@ async def open_tcp(
                     stream.socket.close()
                     last = exc
                     continue
-                if peer != candidate[3][0] and not policy.allows(peer):  # else checked above
-                    stream.socket.close()
-                    raise _denied(host, peer)
+                if peer != candidate[3][0] and (why := policy.refusal(peer)) is not None:
+                    stream.socket.close()  # (else checked above)
+                    raise _denied(host, why, peer)
                 return stream
             assert last is not None
             raise _connect_error(host, port, last)

@@ -19,6 +19,7 @@ from fluidity.tunnel import LinkClosed, StreamReset, TunnelStream
 
 from .activity import ActivityTracker
 from .egress import EgressPolicy
+from .idle import DEFAULT_HALF_CLOSED_TIMEOUT, DEFAULT_IDLE_TIMEOUT
 from .origin_pool import OriginPool
 from .upstream_connect import serve_connect
 from .upstream_http import make_client, serve_request
@@ -40,6 +41,9 @@ class StreamHandler:
     #: TLS for wss:// origins (https:// ones use the client's).
     ssl_context: ssl.SSLContext = attrs.field(factory=ssl.create_default_context)
     max_ws_message: int = DEFAULT_MAX_MESSAGE
+    #: CONNECT tunnels and WebSockets end after this long with nothing moving (see `idle`).
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    half_closed_timeout: float = DEFAULT_HALF_CLOSED_TIMEOUT
 
     async def __call__(self, stream: TunnelStream) -> None:
         self.activity.opened()
@@ -54,6 +58,8 @@ class StreamHandler:
                     ssl_context=self.ssl_context,
                     activity=self.activity,
                     max_message_size=self.max_ws_message,
+                    idle_timeout=self.idle_timeout,
+                    half_closed_timeout=self.half_closed_timeout,
                 )
                 return
             try:
@@ -69,6 +75,8 @@ class StreamHandler:
                             policy=self.policy,
                             connect_timeout=self.connect_timeout,
                             activity=self.activity,
+                            idle_timeout=self.idle_timeout,
+                            half_closed_timeout=self.half_closed_timeout,
                         )
             except* (StreamReset, LinkClosed):
                 pass  # the agent's side is gone; the upstream side was closed on the way out
@@ -85,6 +93,8 @@ async def open_stream_handler(
     read_timeout: float = DEFAULT_READ_TIMEOUT,
     verify: ssl.SSLContext | None = None,
     max_ws_message: int = DEFAULT_MAX_MESSAGE,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    half_closed_timeout: float = DEFAULT_HALF_CLOSED_TIMEOUT,
 ) -> AsyncIterator[StreamHandler]:
     """A handler with its shared upstream client, closed when the block ends.
 
@@ -104,5 +114,7 @@ async def open_stream_handler(
             read_timeout,
             context,
             max_ws_message,
+            idle_timeout,
+            half_closed_timeout,
         )
         nursery.cancel_scope.cancel()

@@ -11,13 +11,16 @@ Every connection is opened by `egress.open_tcp`, so the policy sees it; its `Ups
 pass through untouched, status and all. Other failures become httpx2's exceptions with a short
 reason, as they reach the user as 502/504 answers. A connection goes back to the pool only
 when both sides finished the exchange and keep-alive holds; anything else (an error, a
-cancelled request, a body not read to the end) closes it.
+cancelled request, a body not read to the end) closes it. A reused connection the origin
+closed as the request went out costs one retry on a new connection, for a bodiless request
+with an idempotent method only: anything else may have been acted on, so it is not replayed.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
@@ -27,14 +30,18 @@ import h11
 import httpx2
 import trio
 
-from .egress import EgressPolicy, open_tcp
+from fluidity.protocol import DEFAULT_MAX_DATA_SIZE
+
+from .egress import EgressPolicy, UpstreamError, open_tcp
 
 log = logging.getLogger(__name__)
 
 #: Bytes asked of the socket per read.
 READ_SIZE = 64 * 1024
-#: The largest response head accepted (h11's max_incomplete_event_size).
-MAX_HEAD = 64 * 1024
+#: The largest response head accepted: what one tunnel frame carries (the agent's
+#: max_data_size; the frame's envelope leaves room for the status line). A larger head could
+#: not reach the agent anyway, so it is refused while reading (502), not buffered.
+MAX_HEAD = DEFAULT_MAX_DATA_SIZE
 #: How long closing an origin connection may take before it is dropped.
 CLOSE_TIMEOUT = 2.0
 #: Idle connections kept, over all origins; the oldest goes first.
@@ -43,6 +50,10 @@ MAX_IDLE = 64
 KEEPALIVE_EXPIRY = 30.0
 
 Key = tuple[bytes, bytes, int]  # scheme, host, port
+
+#: Methods a request may be sent again with (RFC 9110 9.2.2): when a reused connection drops
+#: a request unanswered, only these are retried; a POST or PATCH answers 502 instead.
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 #: The response extension holding the body stream itself: the same bytes as
 #: `Response.aiter_raw()`, without httpx2's two generators per chunk. Closing the response
@@ -61,6 +72,17 @@ def _why(exc: BaseException) -> str:
     return str(cause) or cause.__class__.__name__
 
 
+#: Where h11 starts quoting the data it refused ("Illegal header value b'...'").
+_QUOTED = re.compile(r"\s*(?:b?['\"]|\{).*", re.DOTALL)
+
+
+def request_error(exc: h11.LocalProtocolError) -> str:
+    """Why the request cannot be sent, without the bytes h11 quotes: an illegal header value
+    may well be a credential, and this reason is logged and answered to the client."""
+    why = _QUOTED.sub("", str(exc)) or "not valid HTTP/1.1"
+    return f"the request cannot be sent as HTTP/1.1: {why}"
+
+
 def _seconds(timeout: float | None) -> float:
     return math.inf if timeout is None else timeout
 
@@ -69,16 +91,28 @@ class _Stale(Exception):
     """A reused connection the origin closed before answering; the request may go again."""
 
 
+class HeadTooLarge(UpstreamError):
+    """The origin's response head is larger than one tunnel frame carries."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            502, f"the origin's response head is larger than the tunnel carries ({limit} bytes)"
+        )
+
+
 class _Connection:
     """One origin socket (TLS or not) and its h11 state."""
 
-    __slots__ = ("expires", "h11", "key", "reused", "sock", "stream")
+    __slots__ = ("expires", "h11", "key", "max_head", "reused", "sock", "stream")
 
-    def __init__(self, key: Key, stream: trio.abc.Stream, sock: trio.SocketStream) -> None:
+    def __init__(
+        self, key: Key, stream: trio.abc.Stream, sock: trio.SocketStream, max_head: int
+    ) -> None:
         self.key = key
         self.stream = stream
         self.sock = sock
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+        self.max_head = max_head
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head)
         self.reused = False
         self.expires = 0.0
 
@@ -181,14 +215,23 @@ async def _receive_head(
     """Read up to the response head, each read bounded by `seconds` through `scope`'s deadline.
 
     `retry`: if the origin answers nothing at all, raise _Stale. `failed`: the request could
-    not be sent whole; if nothing comes back either, that is the error to report.
+    not be sent whole; if nothing comes back either, that is the error to report. A head
+    above `conn.max_head` raises HeadTooLarge: h11 refuses it while incomplete, and one that
+    came whole in the last read is measured (only when that many bytes arrived).
     """
     h = conn.h11
     stream = conn.stream
-    got = False
+    got = 0
     while True:
-        event = h.next_event()
+        try:
+            event = h.next_event()
+        except h11.RemoteProtocolError:
+            if got > conn.max_head:  # h11's max_incomplete_event_size
+                raise HeadTooLarge(conn.max_head) from None
+            raise
         if isinstance(event, h11.Response):
+            if got > conn.max_head and got - len(h.trailing_data[0]) > conn.max_head:
+                raise HeadTooLarge(conn.max_head)
             return event
         if event is h11.NEED_DATA:
             scope.deadline = trio.current_time() + seconds
@@ -210,7 +253,7 @@ async def _receive_head(
                 raise httpx2.RemoteProtocolError(
                     "the origin closed the connection without answering"
                 )
-            got = True
+            got += len(received)
             h.receive_data(received)  # type: ignore[arg-type]  # any bytes-like, says h11
         elif not isinstance(event, h11.InformationalResponse):
             raise httpx2.RemoteProtocolError("the origin closed the connection mid-answer")
@@ -234,7 +277,7 @@ class OriginPool(httpx2.AsyncBaseTransport):
 
     No cap on connections in use (one per request in flight); at most `max_idle` idle ones,
     each kept at most `keepalive_expiry` seconds. `ssl_context` is used for https origins
-    (ALPN http/1.1 is set on it).
+    (ALPN http/1.1 is set on it). A response head above `max_head` bytes is refused (502).
     """
 
     def __init__(
@@ -245,8 +288,10 @@ class OriginPool(httpx2.AsyncBaseTransport):
         *,
         max_idle: int = MAX_IDLE,
         keepalive_expiry: float = KEEPALIVE_EXPIRY,
+        max_head: int = MAX_HEAD,
     ) -> None:
         ssl_context.set_alpn_protocols(["http/1.1"])
+        self._max_head = max_head
         self._policy = policy
         self._connect_timeout = connect_timeout
         self._ssl_context = ssl_context
@@ -289,7 +334,7 @@ class OriginPool(httpx2.AsyncBaseTransport):
                 headers=request.headers.raw,
             )
         except h11.LocalProtocolError as exc:
-            raise httpx2.LocalProtocolError(str(exc)) from exc
+            raise httpx2.LocalProtocolError(request_error(exc)) from None
 
         conn = await self._checkout(key)
         if conn is None:
@@ -321,7 +366,7 @@ class OriginPool(httpx2.AsyncBaseTransport):
             if isinstance(exc, h11.RemoteProtocolError):
                 raise httpx2.RemoteProtocolError(f"the origin broke HTTP/1.1: {exc}") from exc
             if isinstance(exc, h11.LocalProtocolError):
-                raise httpx2.LocalProtocolError(str(exc)) from exc
+                raise httpx2.LocalProtocolError(request_error(exc)) from None
             raise
         body = _ResponseBody(self, conn, read_timeout)
         return httpx2.Response(
@@ -359,8 +404,9 @@ class OriginPool(httpx2.AsyncBaseTransport):
         if ended:
             data += _send(h, _END)
             # Nothing coming back on a connection that was idle means the origin closed it
-            # as we sent: safe to send again only if there was no body to lose.
-            retry = conn.reused and not first
+            # as we sent: safe to send again only if there was no body to lose and the
+            # method is idempotent, as the origin may have acted on it all the same.
+            retry = conn.reused and not first and head.method in IDEMPOTENT
             return await _send_and_receive_head(conn, data, retry, read_timeout, write_timeout)
         failed: httpx2.WriteError | None = None
         try:
@@ -387,7 +433,7 @@ class OriginPool(httpx2.AsyncBaseTransport):
         # UpstreamError (refused, denied, timed out...) passes through untouched.
         sock = await open_tcp(host, key[2], policy=self._policy, connect_timeout=timeout)
         if not tls:
-            return _Connection(key, sock, sock)
+            return _Connection(key, sock, sock, self._max_head)
         stream = trio.SSLStream(
             sock, self._ssl_context, server_hostname=host, https_compatible=True
         )
@@ -405,7 +451,7 @@ class OriginPool(httpx2.AsyncBaseTransport):
         except BaseException:
             sock.socket.close()
             raise
-        return _Connection(key, stream, sock)
+        return _Connection(key, stream, sock, self._max_head)
 
     # -- the idle connections -------------------------------------------------------------
 

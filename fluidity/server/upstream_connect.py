@@ -2,8 +2,11 @@
 
 Bytes are relayed both ways with half-close preserved: each direction ends on its own, and
 the stream finishes when both have. Every read waits for the other side to take the previous
-chunk (the tunnel's credit, the socket's send buffer), so nothing accumulates. Tunnels may idle
-as long as they like; if either side fails, both are closed.
+chunk (the tunnel's credit, the socket's send buffer), so nothing accumulates. If either side
+fails, both are closed.
+
+An idle tunnel is ended (see `idle`): an agent that ended its side and waits on a silent origin
+gets an EOF; otherwise the stream is reset with the reason.
 """
 
 from __future__ import annotations
@@ -13,14 +16,16 @@ import logging
 import trio
 
 from fluidity.protocol import Connect, ConnectAck, ErrorCode
-from fluidity.tunnel import LinkClosed, StreamReset, TunnelStream
+from fluidity.tunnel import FrameTooLarge, LinkClosed, StreamReset, TunnelStream
 
 from .activity import ActivityTracker
 from .egress import EgressPolicy, UpstreamError, open_tcp
+from .idle import DEFAULT_HALF_CLOSED_TIMEOUT, DEFAULT_IDLE_TIMEOUT, IdleTimer
 
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
+_REASON_TOO_LARGE = "the upstream connection failed (the reason is too large for the tunnel)"
 _SOCKET_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
@@ -30,6 +35,8 @@ async def serve_connect(
     policy: EgressPolicy,
     connect_timeout: float,
     activity: ActivityTracker,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    half_closed_timeout: float = DEFAULT_HALF_CLOSED_TIMEOUT,
 ) -> None:
     """Open the connection the stream asks for, answer ConnectAck, then relay until done."""
     head = stream.head
@@ -39,25 +46,41 @@ async def serve_connect(
         sock = await open_tcp(head.host, head.port, policy=policy, connect_timeout=connect_timeout)
     except UpstreamError as exc:
         log.info("%s: %d %s", label, exc.status, exc.reason)
-        await stream.send_reply(ConnectAck(stream.stream_id, exc.status, exc.reason))
+        try:
+            await stream.send_reply(ConnectAck(stream.stream_id, exc.status, exc.reason))
+        except FrameTooLarge:  # a reason quoting a huge host name: nothing was sent
+            await stream.send_reply(ConnectAck(stream.stream_id, exc.status, _REASON_TOO_LARGE))
         return
+    idle = IdleTimer(idle_timeout, half_closed_timeout)
     try:
         await stream.send_reply(ConnectAck(stream.stream_id, 200))
-        await relay(stream, sock, activity)
+        await relay(stream, sock, activity, idle)
     finally:
         sock.socket.close()  # a plain socket: closing cannot block
-    log.debug("%s: closed", label)
+    if idle.expired is not None:
+        log.info("%s: closed, %s", label, idle.expired)
+    else:
+        log.debug("%s: closed", label)
 
 
-async def relay(stream: TunnelStream, sock: trio.SocketStream, activity: ActivityTracker) -> None:
-    """Relay until both directions have ended, or until either side fails."""
+async def relay(
+    stream: TunnelStream, sock: trio.SocketStream, activity: ActivityTracker, idle: IdleTimer
+) -> None:
+    """Relay until both directions have ended, either side fails, or `idle` runs out."""
+    agent_ended = False
+    #: The origin's direction waits for the origin (not for the agent to take bytes).
+    origin_awaited = False
 
     async def tunnel_to_socket(cancel: trio.CancelScope) -> None:
+        nonlocal agent_ended
         try:
             while data := await stream.receive_some(READ_SIZE):
                 activity.touch()
+                idle.moved()
                 await sock.send_all(data)
             await sock.send_eof()
+            agent_ended = True
+            idle.ended()
         except (StreamReset, LinkClosed):
             cancel.cancel()
         except _SOCKET_ERRORS:
@@ -65,11 +88,19 @@ async def relay(stream: TunnelStream, sock: trio.SocketStream, activity: Activit
             cancel.cancel()
 
     async def socket_to_tunnel(cancel: trio.CancelScope) -> None:
+        nonlocal origin_awaited
         try:
-            while data := await sock.receive_some(READ_SIZE):
+            while True:
+                origin_awaited = True
+                data = await sock.receive_some(READ_SIZE)
+                origin_awaited = False
+                if not data:
+                    break
                 activity.touch()
+                idle.moved()
                 await stream.send_all(data)
             await stream.send_eof()
+            idle.ended()
         except (StreamReset, LinkClosed):
             cancel.cancel()
         except _SOCKET_ERRORS:
@@ -78,4 +109,10 @@ async def relay(stream: TunnelStream, sock: trio.SocketStream, activity: Activit
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(tunnel_to_socket, nursery.cancel_scope)
+        nursery.start_soon(idle.cancel_when_idle, nursery.cancel_scope)
         await socket_to_tunnel(nursery.cancel_scope)
+    if idle.expired is not None:
+        if agent_ended and origin_awaited:
+            await stream.send_eof()  # the agent's client waits for an answer: there is none
+        else:
+            stream.reset(ErrorCode.CANCEL, f"the tunnel was idle: {idle.expired}")

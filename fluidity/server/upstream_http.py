@@ -7,7 +7,10 @@ network only through `origin_pool.OriginPool`, which opens every connection with
 nothing holds a whole body.
 
 Failures before the response head become a short text/plain answer (403/502/504, reason in
-`X-Fluidity-Error`); after it the stream is reset with UPSTREAM_ERROR, as the head is gone.
+`X-Fluidity-Error`); after it the stream is reset with UPSTREAM_ERROR, as the head is gone. A
+response head too large for one tunnel frame is such a failure (502): the pool refuses one
+above MAX_HEAD while reading, and a head that fits the wire but not the frame is caught as
+FrameTooLarge, which sends nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import httpx2
 import trio
 
 from fluidity.protocol import ErrorCode, Request, Response
-from fluidity.tunnel import LinkClosed, StreamReset, TunnelStream
+from fluidity.tunnel import FrameTooLarge, LinkClosed, StreamReset, TunnelStream
 
 from .activity import ActivityTracker
 from .egress import EgressPolicy, UpstreamError
@@ -53,13 +56,14 @@ class _DiscardingCookieJar(http.cookiejar.CookieJar):
 
 
 class _RedactQuery(logging.Filter):
-    """httpx2 logs every request URL at INFO; query strings may hold secrets, so drop them."""
+    """httpx2 logs every request URL at INFO; query strings and user info may hold secrets,
+    so drop them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         url = args[1] if isinstance(args, tuple) and len(args) > 1 else None
-        if isinstance(url, httpx2.URL) and url.query and isinstance(args, tuple):
-            record.args = (args[0], url.copy_with(query=None), *args[2:])
+        if isinstance(url, httpx2.URL) and (url.query or url.userinfo) and isinstance(args, tuple):
+            record.args = (args[0], url.copy_with(query=None, userinfo=b""), *args[2:])
         return True
 
 
@@ -268,6 +272,8 @@ async def _build_request(
 def _translate(exc: httpx2.HTTPError) -> UpstreamError:
     if isinstance(exc, httpx2.TimeoutException):
         return UpstreamError(504, f"the origin timed out: {exc}")
+    if isinstance(exc, httpx2.LocalProtocolError):  # the client's request (see request_error)
+        return UpstreamError(400, str(exc))
     return UpstreamError(502, f"the origin failed: {exc}" if str(exc) else "the origin failed")
 
 
@@ -326,29 +332,41 @@ async def serve_request(
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: %d", _label(stream, head), response.status_code)
         reason = response.extensions.get("reason_phrase", b"")
-        await stream.send_reply(
-            Response(
-                stream.stream_id,
-                response.status_code,
-                reason if isinstance(reason, bytes) else b"",
-                tuple(response.headers.raw),
-            )
-        )
-        # The pool's body stream itself: aiter_raw() would add two generators per chunk.
-        chunks: AsyncIterator[bytes] = response.extensions[BODY_EXTENSION]
         try:
-            async for chunk in chunks:
-                activity.touch()
-                await stream.send_all(chunk)
-        except httpx2.HTTPError as exc:
-            error = _translate(exc)
-            log.info("%s: response body failed: %s", _label(stream, head), error.reason)
-            stream.reset(ErrorCode.UPSTREAM_ERROR, error.reason)
-            return
-        # Read to the end, the body released its connection: closing the response now
-        # would only note the time.
-        finished = True
-        await stream.send_eof()
+            await stream.send_reply(
+                Response(
+                    stream.stream_id,
+                    response.status_code,
+                    reason if isinstance(reason, bytes) else b"",
+                    tuple(response.headers.raw),
+                )
+            )
+        except FrameTooLarge as exc:
+            # Nothing was sent: the stream is still unanswered, and the link is fine. The
+            # response (and its connection) is closed below.
+            error = UpstreamError(
+                502,
+                f"the origin's response head is too large for the tunnel "
+                f"({exc.size} bytes encoded, at most {exc.limit})",
+            )
+            log.info("%s: %d %s", _label(stream, head), error.status, error.reason)
+            await _answer_error(stream, error)
+        else:
+            # The pool's body stream itself: aiter_raw() would add two generators per chunk.
+            chunks: AsyncIterator[bytes] = response.extensions[BODY_EXTENSION]
+            try:
+                async for chunk in chunks:
+                    activity.touch()
+                    await stream.send_all(chunk)
+            except httpx2.HTTPError as exc:
+                error = _translate(exc)
+                log.info("%s: response body failed: %s", _label(stream, head), error.reason)
+                stream.reset(ErrorCode.UPSTREAM_ERROR, error.reason)
+                return
+            # Read to the end, the body released its connection: closing the response now
+            # would only note the time.
+            finished = True
+            await stream.send_eof()
     finally:
         if not finished:
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):

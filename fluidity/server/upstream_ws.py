@@ -6,7 +6,9 @@ relays. Tunnel fragments are reassembled into whole messages (bounded by `max_me
 because trio-websocket sends whole messages; the origin's messages go back as fragments sized
 by the tunnel's credit. Closing follows RFC 6455: whoever closes first gets the other side's
 echo. If the agent's stream is reset, the origin is closed with 1001 (going away); if the
-origin vanishes, the agent is told 1006 (abnormal closure, never sent on the wire).
+origin vanishes, the agent is told 1006 (abnormal closure, never sent on the wire). A WebSocket
+on which no message moves either way for `idle_timeout` seconds is closed both ways with 1001
+(see `idle`); pings are not messages, so they do not keep it open.
 """
 
 from __future__ import annotations
@@ -18,15 +20,18 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 import attrs
+import h11
 import trio
 import trio_websocket
 from wsproto.frame_protocol import CloseReason
 
 from fluidity.protocol import Headers, WebSocketAck, WebSocketClose, WebSocketOpen
-from fluidity.tunnel import LinkClosed, StreamReset, TunnelStream
+from fluidity.tunnel import FrameTooLarge, LinkClosed, StreamReset, TunnelStream
 
 from .activity import ActivityTracker
 from .egress import EgressPolicy, UpstreamError, open_tcp
+from .idle import DEFAULT_HALF_CLOSED_TIMEOUT, DEFAULT_IDLE_TIMEOUT, IdleTimer
+from .origin_pool import request_error
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +119,15 @@ async def _open_transport(
     return tls
 
 
+def _check_headers(headers: Headers) -> None:
+    """Refuse (400) headers HTTP forbids before connecting: wsproto would raise h11's error,
+    which quotes the offending value (a credential, maybe) into the logs."""
+    try:
+        h11.Request(method="GET", target="/", headers=[(b"Host", b"x"), *_end_to_end(headers)])
+    except h11.LocalProtocolError as exc:
+        raise UpstreamError(400, request_error(exc)) from None
+
+
 def _wire_close(code: int, reason: str) -> tuple[int, str | None]:
     """A close code and reason that may go in a close frame (1005/1006/1015 may not)."""
     if code == CloseReason.NO_STATUS_RCVD:
@@ -133,6 +147,8 @@ async def serve_websocket(
     ssl_context: ssl.SSLContext,
     activity: ActivityTracker,
     max_message_size: int = DEFAULT_MAX_MESSAGE,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    half_closed_timeout: float = DEFAULT_HALF_CLOSED_TIMEOUT,
 ) -> None:
     """Handshake with the origin, answer WebSocketAck, relay until both sides have closed."""
     head = stream.head
@@ -141,12 +157,13 @@ async def serve_websocket(
     try:
         target = parse_url(head.url)
         label = f"{label} {'wss' if target.secure else 'ws'}://{target.authority}"
+        _check_headers(head.headers)
         transport = await _open_transport(
             target, policy=policy, connect_timeout=connect_timeout, ssl_context=ssl_context
         )
     except UpstreamError as exc:
         log.info("%s: %d %s", label, exc.status, exc.reason)
-        await stream.send_reply(WebSocketAck(stream.stream_id, exc.status, error=exc.reason))
+        await _refuse(stream, exc.status, exc.reason)
         return
     failure: UpstreamError | None = None
     refusal: Headers = ()
@@ -168,12 +185,19 @@ async def serve_websocket(
                 )
             else:
                 accepted = tuple(_end_to_end(ws.handshake_headers))
-                await stream.send_reply(
-                    WebSocketAck(stream.stream_id, 101, ws.subprotocol, accepted)
-                )
-                log.debug("%s: open (subprotocol %r)", label, ws.subprotocol)
                 try:
-                    await _Relay(stream, ws, activity, max_message_size).run()
+                    await stream.send_reply(
+                        WebSocketAck(stream.stream_id, 101, ws.subprotocol, accepted)
+                    )
+                except FrameTooLarge as exc:  # nothing was sent: refuse instead
+                    failure = UpstreamError(502, _too_large(exc))
+                try:
+                    if failure is None:
+                        log.debug("%s: open (subprotocol %r)", label, ws.subprotocol)
+                        idle = IdleTimer(idle_timeout, half_closed_timeout)
+                        await _Relay(stream, ws, activity, max_message_size, idle).run()
+                        if idle.expired is not None:
+                            log.info("%s: closed, %s", label, idle.expired)
                 finally:
                     # Normally a no-op: both sides have closed. If the agent went away, the
                     # origin hears 1001; if the whole link is going, this handler is about to
@@ -197,10 +221,25 @@ async def serve_websocket(
         await trio.aclose_forcefully(transport)
     if failure is not None:
         log.info("%s: %d %s", label, failure.status, failure.reason)
-        await stream.send_reply(
-            WebSocketAck(stream.stream_id, failure.status, headers=refusal, error=failure.reason)
-        )
+        await _refuse(stream, failure.status, failure.reason, refusal)
     log.debug("%s: closed", label)
+
+
+def _too_large(exc: FrameTooLarge) -> str:
+    return (
+        f"the origin's handshake answer is too large for the tunnel "
+        f"({exc.size} bytes encoded, at most {exc.limit})"
+    )
+
+
+async def _refuse(stream: TunnelStream, status: int, reason: str, headers: Headers = ()) -> None:
+    """Answer a failed WebSocketAck; one too large for a frame becomes a bare 502."""
+    try:
+        await stream.send_reply(
+            WebSocketAck(stream.stream_id, status, headers=headers, error=reason)
+        )
+    except FrameTooLarge as exc:
+        await stream.send_reply(WebSocketAck(stream.stream_id, 502, error=_too_large(exc)))
 
 
 class _Relay:
@@ -212,11 +251,13 @@ class _Relay:
         ws: trio_websocket.WebSocketConnection,
         activity: ActivityTracker,
         max_message_size: int,
+        idle: IdleTimer,
     ) -> None:
         self.stream = stream
         self.ws = ws
         self.activity = activity
         self.max_message_size = max_message_size
+        self.idle = idle
         #: We sent WebSocketClose to the agent.
         self.close_sent = False
         #: The agent (or our own check of its messages) started the close.
@@ -228,6 +269,16 @@ class _Relay:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._upstream_to_tunnel, nursery.cancel_scope)
             nursery.start_soon(self._tunnel_to_upstream, nursery.cancel_scope)
+            nursery.start_soon(self._close_when_idle, nursery.cancel_scope)
+
+    async def _close_when_idle(self, relay: trio.CancelScope) -> None:
+        """Idle too long: close both sides with 1001, as if the agent had asked to."""
+        why = await self.idle.wait_idle()
+        if why is not None and not self.close_sent:
+            try:
+                await self._fail_message(CloseReason.GOING_AWAY, f"idle: {why}")
+            except (StreamReset, LinkClosed):
+                relay.cancel()
 
     async def _close_tunnel(self, code: int, reason: str) -> None:
         if not self.close_sent:
@@ -244,12 +295,19 @@ class _Relay:
 
     async def _upstream_to_tunnel(self, relay: trio.CancelScope) -> None:
         try:
+            await self._upstream_messages(relay)
+        finally:
+            self.idle.ended()
+
+    async def _upstream_messages(self, relay: trio.CancelScope) -> None:
+        try:
             while True:
                 try:
                     message = await self.ws.get_message()
                 except trio_websocket.ConnectionClosed:
                     break
                 self.activity.touch()
+                self.idle.moved()
                 if isinstance(message, str):
                     await self.stream.send_ws(message.encode("utf-8"), binary=False)
                 else:
@@ -268,6 +326,8 @@ class _Relay:
                 await self._pump_tunnel()
             except (StreamReset, LinkClosed):
                 relay.cancel()
+            finally:
+                self.idle.ended()
 
     async def _fail_message(self, code: int, reason: str) -> None:
         """A message from the agent cannot be delivered: close both sides with `code`."""
@@ -294,6 +354,7 @@ class _Relay:
                     await self._close_tunnel(code, reason)  # the echo, as RFC 6455 suggests
                 return
             self.activity.touch()
+            self.idle.moved()
             if self.close_sent:
                 continue  # closing: what the agent still sends has nowhere to go
             if not parts:

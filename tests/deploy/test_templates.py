@@ -3,6 +3,7 @@ judge (who may invoke what, which ports are open, what the roles allow, the sche
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 import yaml
 
 from fluidity.schedule import parse_cron, parse_rate, parse_schedule
+from fluidity.server.egress import EgressPolicy
 
 CFN = Path(__file__).resolve().parents[2] / "cfn"
 
@@ -140,6 +142,19 @@ def test_task_definition_is_fargate_sized_and_gets_the_pems_from_secrets(
     assert environment["FLUIDITY_SHUTDOWN_GRACE"] == {"Ref": "ShutdownGrace"}
     # Not a single PEM in plain environment variables.
     assert not any("CERT" in k or "KEY" in k for k in environment)
+
+
+def test_the_server_refuses_its_own_vpc_as_a_destination(fargate: dict[str, Any]) -> None:
+    (container,) = fargate["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"]
+    environment = {e["Name"]: e["Value"] for e in container["Environment"]}
+    assert environment["FLUIDITY_EGRESS_DENY"] == {"Ref": "VpcCidr"}
+    # What the server makes of it (with the default CIDR): refused even if egress_allow
+    # opened the private ranges. The decision only: nothing connects.
+    cidr = fargate["Parameters"]["VpcCidr"]["Default"]
+    policy = EgressPolicy(allow=["10.0.0.0/8"], deny=[cidr])
+    inside = str(next(ipaddress.ip_network(cidr).hosts()))
+    assert policy.refusal(inside) == "egress_deny lists it"
+    assert policy.allows("10.0.0.1")
 
 
 def test_health_check_uses_the_health_port_and_stop_timeout_covers_the_drain(

@@ -75,12 +75,21 @@ async def serving(
     connect_timeout: float = 5.0,
     read_timeout: float = 10.0,
     max_ws_message: int | None = None,
+    idle_timeout: float | None = None,
+    half_closed_timeout: float | None = None,
     config: LinkConfig | None = None,
+    agent_config: LinkConfig | None = None,
     activity: ActivityTracker | None = None,
 ) -> AsyncIterator[Served]:
+    """`config` is both links' (`agent_config`, if given, the agent's)."""
     install(StaticResolver(TEST_HOSTS, fallback_to_system=False))
     activity = activity or ActivityTracker()
-    extra: dict[str, Any] = {} if max_ws_message is None else {"max_ws_message": max_ws_message}
+    options = {
+        "max_ws_message": max_ws_message,
+        "idle_timeout": idle_timeout,
+        "half_closed_timeout": half_closed_timeout,
+    }
+    extra: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
     async with (
         open_stream_handler(
             policy,
@@ -90,7 +99,7 @@ async def serving(
             verify=verify,
             **extra,
         ) as handler,
-        linked_pair(handler, config, config) as (agent, server),
+        linked_pair(handler, agent_config or config, config) as (agent, server),
     ):
         yield Served(agent, server, handler, activity)
 

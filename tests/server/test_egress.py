@@ -45,9 +45,94 @@ def test_default_policy_refuses_local_and_metadata_addresses(address: str) -> No
     assert not EgressPolicy().allows(address)
 
 
-@pytest.mark.parametrize("address", ["93.184.216.34", "10.1.2.3", "2606:4700::1111", "fd00::1"])
+#: One address in each private range refused by default, and one NAT64 form of each kind.
+PRIVATE = [
+    "10.1.2.3",  # RFC 1918
+    "172.16.0.1",
+    "172.31.255.254",
+    "192.168.1.1",
+    "100.64.0.1",  # carrier-grade NAT (RFC 6598)
+    "100.127.255.254",
+    "fd00::1",  # unique local (RFC 4193)
+    "fc00::1",
+    "fd00:ec2::23",  # AWS's IPv6 DNS resolver
+    "::ffff:10.0.0.1",
+    "64:ff9b::a00:1",  # NAT64 well-known prefix, 10.0.0.1 inside
+    "64:ff9b::c0a8:101",  # 192.168.1.1
+    "64:ff9b::6440:1",  # 100.64.0.1
+    "64:ff9b::7f00:1",  # 127.0.0.1
+    "64:ff9b::a9fe:a9fe",  # 169.254.169.254
+    "64:ff9b:1::a00:1",  # local-use prefix, /96 layout: 10.0.0.1
+    "64:ff9b:1:a00:0:100::",  # local-use prefix, /48 layout: 10.0.0.1
+    "64:ff9b:1:ffff:a:0:100::",  # /64 layout: 10.0.0.1
+    "64:ff9b:1:1:ff00:0:808:808",  # the "u" octet set: no valid layout, so no telling
+]
+
+
+@pytest.mark.parametrize("address", PRIVATE)
+def test_default_policy_refuses_private_networks(address: str) -> None:
+    policy = EgressPolicy()
+    assert not policy.allows(address)
+    assert "egress_allow" in (policy.refusal(address) or "")
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "93.184.216.34",
+        "2606:4700::1111",
+        "100.128.0.1",  # just past carrier-grade NAT
+        "172.32.0.1",  # just past 172.16.0.0/12
+        "64:ff9b::5db8:d822",  # NAT64 of 93.184.216.34
+        "64:ff9b:1::808:808",  # local-use /96 layout: 8.8.8.8
+    ],
+)
 def test_default_policy_allows_the_rest(address: str) -> None:
     assert EgressPolicy().allows(address)
+
+
+@pytest.mark.parametrize(
+    ("allow", "address"),
+    [
+        ("10.0.0.0/8", "10.1.2.3"),
+        ("172.16.0.0/12", "172.20.0.1"),
+        ("192.168.1.0/24", "192.168.1.1"),
+        ("100.64.0.0/10", "100.64.0.1"),
+        ("fc00::/7", "fd00::1"),
+        ("10.0.0.0/8", "64:ff9b::a00:1"),  # the IPv4 address inside is what is allowed
+        ("64:ff9b:1::/48", "64:ff9b:1::a00:1"),  # or the NAT64 range itself
+    ],
+)
+def test_egress_allow_reopens_a_private_range(allow: str, address: str) -> None:
+    """The decision only: no test connects to a private address."""
+    assert EgressPolicy(allow=[allow]).allows(address)
+    assert EgressPolicy(allow=[allow], deny=[allow]).refusal(address) == "egress_deny lists it"
+
+
+class _RecordingConnect:
+    """Stands in for egress._connect: records what would have been connected to."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    async def __call__(self, candidate: Any) -> trio.SocketStream:
+        self.calls.append(candidate)
+        raise AssertionError("the policy let a private address through to connect()")
+
+
+@pytest.mark.parametrize("address", PRIVATE)
+async def test_private_destinations_are_refused_before_connecting(
+    address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connect = _RecordingConnect()
+    monkeypatch.setattr(egress, "_connect", connect)
+    install(StaticResolver({"private.test": address}, fallback_to_system=False))
+    with trio.fail_after(5):
+        for host in (address, "private.test"):
+            with pytest.raises(EgressDenied, match="unless egress_allow lists them") as caught:
+                await open_tcp(host, 443, policy=EgressPolicy(), connect_timeout=5)
+            assert caught.value.status == 403
+    assert connect.calls == []
 
 
 def test_allow_overrides_the_defaults_and_deny_adds_more() -> None:

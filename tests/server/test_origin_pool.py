@@ -239,6 +239,30 @@ async def test_a_reused_connection_dropped_as_the_request_arrives_is_retried_onc
     assert origin.heads[1][0].startswith(b"GET /second ")
 
 
+@pytest.mark.parametrize("method", ["HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"])
+async def test_idempotent_methods_are_retried(method: str) -> None:
+    with trio.fail_after(10):
+        async with scripted_origin(drop_the_second_request) as origin, pooled() as (client, _):
+            await client.get(origin.url("/first"))
+            response = await client.request(method, origin.url("/second"))
+    assert response.status_code == 200
+    assert [len(heads) for heads in origin.heads] == [2, 1]
+    assert origin.heads[1][0].startswith(method.encode() + b" /second ")
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH", "LOCK"])
+async def test_a_bodiless_non_idempotent_request_is_never_sent_twice(method: str) -> None:
+    """The origin may have acted on it before closing: replaying could do it twice."""
+    with trio.fail_after(10):
+        async with scripted_origin(drop_the_second_request) as origin, pooled() as (client, _):
+            await client.get(origin.url("/first"))
+            with pytest.raises(httpx2.RemoteProtocolError, match="without answering"):
+                await client.request(method, origin.url("/second"))
+    assert origin.connections == 1
+    assert [len(heads) for heads in origin.heads] == [2]
+    assert origin.heads[0][1].startswith(method.encode() + b" /second ")
+
+
 async def test_a_request_with_a_body_is_not_retried() -> None:
     with trio.fail_after(10):
         async with scripted_origin(drop_the_second_request) as origin, pooled() as (client, _):

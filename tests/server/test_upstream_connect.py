@@ -135,7 +135,8 @@ async def test_denied_destinations_are_403_acks(echo_origin: TCPOrigin) -> None:
             _, unspecified = await open_connect(env.agent, "0.0.0.0", echo_origin.port)
     assert loopback.status == metadata.status == unspecified.status == 403
     assert metadata.error == (
-        "destination metadata.test (169.254.169.254) is not allowed by the egress policy"
+        "destination metadata.test (169.254.169.254) is not allowed by the egress policy "
+        "(local, link-local and private addresses are refused unless egress_allow lists them)"
     )
     assert echo_origin.connections == 0
 

@@ -12,10 +12,12 @@ import trio
 import trio.testing
 
 from fluidity.protocol import ErrorCode, Request, Response
+from fluidity.server import egress
 from fluidity.server.egress import EgressPolicy
 from fluidity.server.upstream_http import _request_url, _split
 from fluidity.tunnel import StreamReset
 from tests.server.harness import exchange, read_all, serving
+from tests.server.test_origin_pool import OK, Peer, scripted_origin
 from tests.support.origins import (
     GZIP_BODY,
     HTTPOrigin,
@@ -323,9 +325,30 @@ async def test_loopback_is_refused_by_default(origin: HTTPOrigin) -> None:
             result = await exchange(env.agent, "GET", origin.url("/echo"))
     assert result.status == 403
     assert result.header("x-fluidity-error") == (
-        "destination 127.0.0.1 is not allowed by the egress policy"
+        "destination 127.0.0.1 is not allowed by the egress policy (local, link-local and "
+        "private addresses are refused unless egress_allow lists them)"
     )
     assert origin.connections == 0
+
+
+async def test_a_private_destination_is_403_naming_egress_allow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connects: list[object] = []
+
+    async def no_connect(candidate: object) -> trio.SocketStream:
+        connects.append(candidate)  # a guard: no test sends traffic to a private address
+        raise OSError("tests never connect to private addresses")
+
+    monkeypatch.setattr(egress, "_connect", no_connect)
+    with trio.fail_after(10):
+        async with serving() as env:
+            result = await exchange(env.agent, "GET", "http://10.1.2.3/?token=abc")
+            ipv6 = await exchange(env.agent, "GET", "http://[fd00::1]:8080/")
+    assert (result.status, ipv6.status) == (403, 403)
+    assert "egress_allow" in result.body.decode()
+    assert "egress_allow" in (ipv6.header("x-fluidity-error") or "")
+    assert connects == []
 
 
 async def test_a_name_resolving_to_a_denied_address_is_refused() -> None:
@@ -378,3 +401,27 @@ async def test_query_strings_are_not_logged_at_info(
             await exchange(env.agent, "GET", "http://127.0.0.1:1/x?token=s3cret")
     assert "s3cret" not in caplog.text
     assert "HTTP Request: GET" in caplog.text  # httpx2's line is there, without the query
+
+
+async def test_a_post_on_a_dropped_keep_alive_connection_is_502_not_sent_twice() -> None:
+    """The origin closes its reused connection as the request arrives: a GET is sent again on
+    a new one, a POST is answered 502 (the origin may have acted on it)."""
+
+    async def answer_once_then_drop(peer: Peer, index: int) -> None:
+        await peer.read_request()
+        await peer.send(OK)
+        await peer.read_head()  # and close
+
+    with trio.fail_after(10):
+        async with scripted_origin(answer_once_then_drop) as origin, serving() as env:
+            assert (await exchange(env.agent, "GET", origin.url("/warm"))).status == 200
+            post = await exchange(env.agent, "POST", origin.url("/order"))
+            assert (await exchange(env.agent, "GET", origin.url("/again"))).status == 200
+            get = await exchange(env.agent, "GET", origin.url("/retried"))
+    assert post.status == 502
+    assert "without answering" in post.body.decode()
+    posts = [head for heads in origin.heads for head in heads if head.startswith(b"POST ")]
+    assert len(posts) == 1
+    assert get.status == 200
+    retried = [head for heads in origin.heads for head in heads if b" /retried " in head]
+    assert len(retried) == 2  # once on the dropped connection, once on a new one

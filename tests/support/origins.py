@@ -15,6 +15,7 @@ HTTP routes (any method; HEAD answers the same head without a body)::
     /hang               reads the request, never answers
     /upload             JSON: received (bytes), sha256, framing (chunked/content-length/none)
     /status/CODE        that status (no body for 1xx/204/304)
+    /headers?size=N     200 with one X-Big header of N bytes (&count=M: M empty X-E headers)
 """
 
 from __future__ import annotations
@@ -257,6 +258,12 @@ class _HTTPConnection:
         elif path == "/hang":
             await self.read_body()
             await trio.sleep_forever()
+        elif path == "/headers":
+            await self.read_body()
+            headers = [(b"x-e", b"")] * int(query.get("count", "0"))
+            if "size" in query:
+                headers.append((b"x-big", b"b" * int(query["size"])))
+            await self.respond(200, headers, b"big head\n", head_only=head_only)
         elif path.startswith("/status/"):
             await self.read_body()
             status = int(path.rsplit("/", 1)[1])
@@ -361,7 +368,7 @@ class WebSocketOrigin:
 
     Messages: anything is echoed, except the text "headers?" (answered with the handshake's
     request headers as JSON) and "close CODE REASON" (the origin closes with that code).
-    Paths: /reject answers the handshake with 403.
+    Paths: /reject answers the handshake with 403; /big-head accepts it with a 4 KB header.
     """
 
     port: int
@@ -392,7 +399,8 @@ async def websocket_origin(*, tls: ssl.SSLContext | None = None) -> AsyncIterato
             return
         chosen = next((p for p in request.proposed_subprotocols if p in origin.subprotocols), None)
         headers = [[n.decode("latin-1"), v.decode("latin-1")] for n, v in request.headers]
-        ws = await request.accept(subprotocol=chosen)
+        extra = [(b"x-big", b"b" * 4096)] if request.path.startswith("/big-head") else None
+        ws = await request.accept(subprotocol=chosen, extra_headers=extra)
         try:
             while True:
                 message = await ws.get_message()
