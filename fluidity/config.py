@@ -140,6 +140,10 @@ def _host(value: str) -> str:
     return value
 
 
+def _hosts(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(_host(v).lower().rstrip(".") for v in values)
+
+
 def _server_name(value: str) -> str:
     value = value.strip().lower()
     if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?", value):
@@ -292,6 +296,45 @@ class AgentConfig:
             check=_proxy_auth,
             secret="auth",
             metavar="USER:PASSWORD",
+        ),
+    )
+    max_client_connections: int = attrs.field(
+        default=512,
+        metadata=_meta(
+            "Most client connections open at once. At the limit a new connection closes the "
+            "oldest idle keep-alive one, or gets 503 when none is idle. Lowered at start to "
+            "what the open-files limit (ulimit -n) allows.",
+            check=_positive_int,
+        ),
+    )
+    client_idle_timeout: float = attrs.field(
+        default=60.0,
+        metadata=_meta(
+            "Seconds an idle keep-alive client connection is kept open.", check=_positive
+        ),
+    )
+    tunnel_idle_timeout: float = attrs.field(
+        default=300.0,
+        metadata=_meta(
+            "Seconds a CONNECT tunnel may carry no bytes either way before it is closed.",
+            check=_positive,
+        ),
+    )
+    half_closed_timeout: float = attrs.field(
+        default=60.0,
+        metadata=_meta(
+            "Seconds a CONNECT tunnel stays open without bytes once one side has ended its "
+            "half (a client that closed its socket, an origin that sent EOF).",
+            check=_positive,
+        ),
+    )
+    healthz_hosts: tuple[str, ...] = attrs.field(
+        default=(),
+        metadata=_meta(
+            "Host header values GET /healthz answers to besides loopback ones (127.0.0.1, "
+            "::1, localhost); others get 421, against DNS rebinding.",
+            check=_hosts,
+            metavar="HOST",
         ),
     )
     connect_timeout: float = attrs.field(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -18,6 +19,7 @@ from fluidity.readyfile import write_ready_file
 from fluidity.tls import client_ssl_context
 from fluidity.tunnel import LinkConfig
 
+from .burst import BurstLog
 from .lifecycle import AuthError, Backoff, ControlPlane, ControlPlaneError
 from .proxy import Proxy, ProxySettings
 from .tunnel_client import Lifecycle, TunnelClient
@@ -85,7 +87,15 @@ async def serve(
     )
     proxy = Proxy(
         tunnel,
-        ProxySettings(proxy_auth=config.proxy_auth, request_wait_timeout=request_wait),
+        ProxySettings(
+            proxy_auth=config.proxy_auth,
+            request_wait_timeout=request_wait,
+            idle_timeout=config.client_idle_timeout,
+            tunnel_idle_timeout=config.tunnel_idle_timeout,
+            half_closed_timeout=config.half_closed_timeout,
+            max_connections=connection_budget(config.max_client_connections),
+            healthz_hosts=frozenset(config.healthz_hosts),
+        ),
         health=lambda: health(tunnel, proxy),
     )
     try:
@@ -117,7 +127,14 @@ async def _serve(
                 accept_scope = trio.CancelScope()
 
                 for listener in listeners:
-                    nursery.start_soon(_accept, listener, proxy.handle, handlers, accept_scope)
+                    nursery.start_soon(
+                        _accept,
+                        listener,
+                        proxy.handle,
+                        handlers,
+                        accept_scope,
+                        proxy.close_oldest_idle,
+                    )
                 where = f"{config.listen_host}:{port}"
                 log.info("proxy listening on http://%s (tunnel to %s:%d)", where,
                          config.server_host, config.server_port)  # fmt: skip
@@ -143,6 +160,9 @@ async def _serve(
 
 #: accept() failures that mean "out of descriptors or memory for now": wait, then go on.
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+#: Descriptors kept for the agent itself (listeners, the link, trio's wakeup and signal fds,
+#: log files, control-plane calls, DNS) when sizing max_client_connections to `ulimit -n`.
+FD_RESERVE = 32
 
 
 async def _accept(
@@ -150,9 +170,17 @@ async def _accept(
     handler: Callable[[StreamT], Awaitable[None]],
     handlers: trio.Nursery,
     scope: trio.CancelScope,
+    make_room: Callable[[], bool] = lambda: False,
 ) -> None:
     """trio.serve_listeners' loop, minus its per-connection aclose_forcefully (~20 us of
-    cancellation machinery): Proxy.handle closes every connection itself."""
+    cancellation machinery): Proxy.handle closes every connection itself.
+
+    Out of descriptors, it closes the oldest idle client connection (`make_room`) so that
+    the next accept can succeed, and logs the burst once, not every retry.
+    """
+    failures = BurstLog(log, logging.ERROR)
+    failed = 0
+    since = 0.0
     with scope:
         while True:
             try:
@@ -160,10 +188,56 @@ async def _accept(
             except OSError as exc:
                 if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                     raise
-                log.error("accept failed: %s; retrying in 0.1 s", os.strerror(exc.errno))
+                if not failed:
+                    since = trio.current_time()
+                failed += 1
+                freed = make_room()
+                failures.record(
+                    "accept failed: %s; %s, retrying every 0.1 s (raise `ulimit -n` or lower "
+                    "max_client_connections)",
+                    os.strerror(exc.errno),
+                    "closed the oldest idle client connection" if freed else "no idle one to close",
+                )
                 await trio.sleep(0.1)
             else:
+                if failed:
+                    failures.end(
+                        "accept works again after %d failures in %.1f s",
+                        failed,
+                        trio.current_time() - since,
+                    )
+                    failed = 0
                 handlers.start_soon(handler, stream)
+
+
+def connection_budget(wanted: int) -> int:
+    """How many client connections the open-files limit allows, up to `wanted`.
+
+    Raises the soft limit towards the hard one first (as Go's runtime does): the default soft
+    limit (1024 on Linux, 256 on macOS) is a historical value, not a decision of the user.
+    """
+    try:
+        import resource
+    except ImportError:  # not POSIX: no such limit to fit
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = wanted + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raised = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return wanted
+    allowed = max(1, soft - FD_RESERVE)
+    log.warning(
+        "the open-files limit (ulimit -n) is %d: serving at most %d client connections at once, "
+        "not max_client_connections (%d); raise the limit to serve more",
+        soft,
+        allowed,
+        wanted,
+    )
+    return allowed
 
 
 async def _kill(control: ControlPlane) -> None:

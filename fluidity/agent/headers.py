@@ -14,6 +14,8 @@ import attrs
 HeaderList = list[tuple[bytes, bytes]]
 
 VIA = b"1.1 fluidity"
+#: The longest DNS name (RFC 1035); an IPv6 literal is shorter.
+MAX_HOST_LENGTH = 253
 
 #: Always connection-specific, whatever the Connection header says.
 HOP_BY_HOP = frozenset(
@@ -120,7 +122,8 @@ def parse_target(target: bytes, *, websocket: bool = False) -> Target:
         raise BadRequest("the request target is not a valid absolute URL") from None
     schemes = {"http", "https", "ws", "wss"} if websocket else {"http", "https"}
     if url.scheme not in schemes:
-        raise BadRequest(f"unsupported scheme {url.scheme!r} in the request target")
+        expected = ", ".join(sorted(schemes))
+        raise BadRequest(f"unsupported scheme in the request target (expected {expected})")
     if not url.hostname:
         raise BadRequest("the request target has no host")
     if url.username is not None or url.password is not None:
@@ -142,6 +145,24 @@ def parse_target(target: bytes, *, websocket: bool = False) -> Target:
     return Target(scheme, host, port, url_bytes, netloc.encode("ascii"))
 
 
+def host_name(host: bytes) -> str | None:
+    """The name or address in a Host header value, lower case, without port or final dot;
+    None if it is not a plausible host."""
+    try:
+        text = host.decode("ascii").strip().lower()
+    except UnicodeDecodeError:
+        return None
+    if text.startswith("["):
+        name, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return None
+        return name or None
+    name, sep, port = text.partition(":")
+    if sep and not port.isdigit():
+        return None
+    return name.rstrip(".") or None
+
+
 def parse_authority(target: bytes) -> tuple[str, int]:
     """Parse a CONNECT target `host:port` (IPv6 in brackets)."""
     try:
@@ -155,6 +176,8 @@ def parse_authority(target: bytes) -> tuple[str, int]:
         host = host[1:-1]
     elif ":" in host:
         raise BadRequest("an IPv6 CONNECT host must be in brackets")
+    if len(host) > MAX_HOST_LENGTH:
+        raise BadRequest(f"the CONNECT host is longer than a host name can be ({MAX_HOST_LENGTH})")
     port = int(port_text)
     if not 0 < port < 65536:
         raise BadRequest("the CONNECT port is out of range")

@@ -4,6 +4,10 @@ One `ClientConnection` per accepted socket serves keep-alive requests in turn:
 absolute-form requests become Request streams, CONNECT becomes a Connect stream relaying raw
 bytes, and WebSocket upgrades are terminated here with wsproto and relayed message by message.
 Origin-form requests are for the agent itself (/healthz).
+
+What a client sends is never echoed: a malformed request is logged and answered with the kind
+of error and a length, never its bytes (they may hold credentials or private URLs). A transfer
+the tunnel cut short ends with a TCP reset, so the client cannot take it for a complete one.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import contextlib
 import hmac
 import json
 import logging
+import socket
+import struct
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, TypeVar
@@ -21,7 +27,10 @@ import attrs
 import h11
 import trio
 
+from fluidity.config import is_loopback
 from fluidity.protocol import (
+    DEFAULT_MAX_DATA_SIZE,
+    FRAME_ENVELOPE,
     Connect,
     ConnectAck,
     ErrorCode,
@@ -29,8 +38,10 @@ from fluidity.protocol import (
     Response,
     WebSocketAck,
     WebSocketOpen,
+    encode_bytes,
 )
 from fluidity.tunnel import (
+    FrameTooLarge,
     Link,
     LinkClosed,
     StreamLimit,
@@ -40,6 +51,7 @@ from fluidity.tunnel import (
 )
 
 from . import headers as hdr
+from .burst import BurstLog
 from .headers import BadRequest
 from .tunnel_client import TunnelClient, TunnelUnavailable
 from .websocket import relay_websocket, websocket_accept_headers
@@ -47,9 +59,22 @@ from .websocket import relay_websocket, websocket_accept_headers
 log = logging.getLogger(__name__)
 
 Ack = TypeVar("Ack", ConnectAck, WebSocketAck)
+Opening = Request | Connect | WebSocketOpen
 
 READ_SIZE = 64 * 1024
-MAX_HEAD_SIZE = 64 * 1024
+#: The largest request head read: the largest frame the server takes by default. The head is
+#: read before the link may be up to say otherwise, and a longer one could never be sent on.
+MAX_HEAD_SIZE = DEFAULT_MAX_DATA_SIZE + FRAME_ENVELOPE
+#: 407s on one connection before it is closed (a browser asks once, then prompts the user).
+MAX_AUTH_ATTEMPTS = 3
+#: After an error answer, how long and how much of the rest of a request is read and dropped
+#: before closing, so that closing with unread bytes (a TCP reset) does not destroy the answer.
+LINGER_TIMEOUT = 2.0
+LINGER_BYTES = 1024 * 1024
+#: How long a connection over max_client_connections may take to send the head it gets 503 for.
+REFUSE_TIMEOUT = 5.0
+#: SO_LINGER on, timeout 0: close() sends a TCP reset instead of a FIN.
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 
 @attrs.frozen
@@ -60,14 +85,65 @@ class ProxySettings:
     request_wait_timeout: float = 30.0
     #: How long a client may take to send a request head.
     head_timeout: float = 30.0
-    #: How long an idle keep-alive client connection is kept.
-    idle_timeout: float = 120.0
+    #: How long an idle keep-alive client connection is kept (client_idle_timeout).
+    idle_timeout: float = 60.0
     #: How long a client may pause while sending a request body.
     body_timeout: float = 120.0
+    #: How long a CONNECT tunnel may carry no bytes either way.
+    tunnel_idle_timeout: float = 300.0
+    #: How long a CONNECT tunnel may carry no bytes once one side has ended its half.
+    half_closed_timeout: float = 60.0
+    #: Most client connections at once (max_client_connections, or less if fds are short).
+    max_connections: int = 512
+    #: Host names /healthz answers to besides loopback ones (lower case, no port).
+    healthz_hosts: frozenset[str] = frozenset()
 
 
 class _ClientGone(Exception):
     """The local client closed its connection or broke HTTP mid-request."""
+
+
+class _Refused(Exception):
+    """The request cannot be forwarded; the client gets `status` with `reason` and a close."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+#: What h11's complaints are about, by how their message starts. The rest of a message may
+#: quote the client's bytes, which must reach neither a log nor a response.
+_H11_ERRORS = (
+    ("illegal request line", "malformed request line"),
+    ("no request line", "malformed request line"),
+    ("illegal method", "malformed request line"),
+    ("illegal target", "malformed request line"),
+    ("illegal header line", "malformed header line"),
+    ("continuation line", "malformed header line"),
+    ("illegal header name", "invalid header name"),
+    ("illegal header value", "invalid header value"),
+    ("missing mandatory host", "missing Host header"),
+    ("found multiple host", "more than one Host header"),
+    ("conflicting content-length", "conflicting Content-Length headers"),
+    ("bad content-length", "invalid Content-Length"),
+    ("multiple transfer-encoding", "more than one Transfer-Encoding header"),
+    ("only transfer-encoding: chunked", "unsupported Transfer-Encoding (only chunked is)"),
+    ("illegal chunk header", "malformed chunked body"),
+    ("malformed chunk footer", "malformed chunked body"),
+    ("peer closed connection without sending complete", "request body cut short"),
+    ("peer unexpectedly closed", "request cut short"),
+    ("request head not received in time", "request head not received in time"),
+)
+
+
+def describe_h11_error(exc: h11.ProtocolError) -> str:
+    """The kind of a malformed request, in words safe to log and show (no client bytes)."""
+    message = str(exc).lower()
+    for start, kind in _H11_ERRORS:
+        if message.startswith(start):
+            return kind
+    return "malformed request"
 
 
 class Proxy:
@@ -83,14 +159,28 @@ class Proxy:
         self.settings = settings
         self.health = health
         self.connections: set[ClientConnection] = set()
+        #: Connections waiting for their next request, oldest first (a dict keeps order).
+        self.idle_connections: dict[ClientConnection, None] = {}
         self.active_requests = 0
         self.shutting_down = False
         self._idle = trio.Event()
         self._auth = _expected_auth(settings.proxy_auth)
+        self.auth_failures = BurstLog(log, logging.WARNING)
+        self.over_capacity = BurstLog(log, logging.WARNING)
 
     async def handle(self, client: trio.abc.HalfCloseableStream) -> None:
         """Entry point for trio.serve_listeners."""
         connection = ClientConnection(self, client)
+        if len(self.connections) >= self.settings.max_connections and not self.close_oldest_idle():
+            connection.refusal = (
+                f"the agent already serves {len(self.connections)} client connections "
+                "(max_client_connections) and none is idle; retry shortly, close idle "
+                "clients, or raise max_client_connections"
+            )
+            self.over_capacity.record(
+                "client connections at max_client_connections (%d), none idle: answering 503",
+                self.settings.max_connections,
+            )
         self.connections.add(connection)
         try:
             await connection.serve()
@@ -99,11 +189,27 @@ class Proxy:
             log.exception("error serving a client connection")
         finally:
             self.connections.discard(connection)
+            self.idle_connections.pop(connection, None)
             if isinstance(client, trio.SocketStream):
+                if connection.abort:
+                    # A transfer cut short must not look complete: reset, don't FIN.
+                    with contextlib.suppress(OSError):
+                        client.socket.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE
+                        )
                 client.socket.close()  # what aclose() does, without a checkpoint to survive
             else:
                 with trio.CancelScope(shield=True):
                     await trio.aclose_forcefully(client)
+
+    def close_oldest_idle(self) -> bool:
+        """Close the connection idle the longest (it ends at its next checkpoint); False if
+        none is idle. Frees a connection slot, or a file descriptor when accept() runs out."""
+        for connection in self.idle_connections:
+            del self.idle_connections[connection]
+            connection.idle_scope.cancel()
+            return True
+        return False
 
     def begin_shutdown(self) -> None:
         """Stop taking new requests: idle connections close now, busy ones after this one."""
@@ -123,6 +229,14 @@ class Proxy:
         self.active_requests -= 1
         if not self.active_requests:
             self._idle.set()
+
+    def healthz_allowed(self, hosts: list[bytes]) -> bool:
+        """Whether /healthz may answer a request with these Host headers (DNS rebinding:
+        a page from elsewhere that got its name to resolve to 127.0.0.1 names itself)."""
+        if len(hosts) != 1:
+            return False
+        name = hdr.host_name(hosts[0])
+        return name is not None and (is_loopback(name) or name in self.settings.healthz_hosts)
 
     async def link(self) -> Link:
         """The tunnel link, waiting (bounded) while it is down."""
@@ -145,6 +259,43 @@ def _expected_auth(proxy_auth: str | None) -> bytes | None:
     return base64.b64encode(proxy_auth.encode())
 
 
+class _Quiet:
+    """When a CONNECT tunnel that moves no bytes ends: `tunnel_idle_timeout` after the last
+    byte, or `half_closed_timeout` once one side has ended its half.
+
+    The deadline is moved on only when it would move by more than a hundredth of the
+    timeout (at most a second): a tunnel moving 5,000 chunks a second then costs a clock
+    read per chunk, not a cancel scope update.
+    """
+
+    def __init__(self, scope: trio.CancelScope, idle: float, half_closed: float) -> None:
+        self.scope = scope
+        self.idle = idle
+        self.half_closed = half_closed
+        self.one_side_ended = False
+        self.limit = idle
+        self._slack = min(1.0, idle / 100)
+        scope.deadline = trio.current_time() + idle
+
+    def moved(self) -> None:
+        deadline = trio.current_time() + self.limit
+        if deadline - self.scope.deadline > self._slack:
+            self.scope.deadline = deadline
+
+    def ended_one_way(self) -> None:
+        if self.one_side_ended:
+            return
+        self.one_side_ended = True
+        self.limit = min(self.idle, self.half_closed)
+        self._slack = min(1.0, self.limit / 100)
+        self.scope.deadline = trio.current_time() + self.limit
+
+    def reason(self) -> str:
+        if self.one_side_ended and self.limit < self.idle:
+            return f"one side ended and no bytes for {self.limit:g} s (half_closed_timeout)"
+        return f"no bytes either way for {self.limit:g} s (tunnel_idle_timeout)"
+
+
 class ClientConnection:
     """One local client connection, served request by request."""
 
@@ -154,6 +305,21 @@ class ClientConnection:
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
         self.idle_scope = trio.CancelScope()
         self._send_lock = trio.Lock()
+        #: Close with a TCP reset: a transfer was cut short (the tunnel failed mid-way).
+        self.abort = False
+        #: Why this connection only gets a 503 (over max_client_connections), or None.
+        self.refusal: str | None = None
+        self.auth_failures = 0
+        #: Bytes read from the client for HTTP (not tunnels): logged instead of the bytes.
+        self.received = 0
+
+    def peer(self) -> str:
+        """The client's address, for logs."""
+        if isinstance(self.client, trio.SocketStream):
+            with contextlib.suppress(OSError):
+                host, port, *_ = self.client.socket.getpeername()
+                return f"{host}:{port}"
+        return "client"
 
     # -- h11 plumbing ---------------------------------------------------------------------
 
@@ -166,6 +332,7 @@ class ClientConnection:
                 data = await self.client.receive_some(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise _ClientGone("client connection lost") from exc
+            self.received += len(data)
             self.h11.receive_data(bytes(data))
 
     def _encode(self, event: h11.Event) -> bytes:
@@ -200,6 +367,7 @@ class ClientConnection:
         *,
         extra: list[tuple[bytes, bytes]] | None = None,
         content_type: bytes = b"text/plain; charset=utf-8",
+        close: bool = False,
     ) -> None:
         """A complete small response, if a response can still be sent."""
         if self.h11.our_state not in {h11.IDLE, h11.SEND_RESPONSE}:
@@ -211,7 +379,7 @@ class ClientConnection:
             (b"via", hdr.VIA),
             *(extra or []),
         ]
-        if status >= 500 or self.proxy.shutting_down:
+        if close or status >= 500 or self.proxy.shutting_down:
             headers.append((b"connection", b"close"))
         await self._send(h11.Response(status_code=status, headers=headers, reason=_phrase(status)))
         await self._send(h11.Data(data=body))
@@ -220,54 +388,111 @@ class ClientConnection:
     # -- the request loop -----------------------------------------------------------------
 
     async def serve(self) -> None:
-        settings = self.proxy.settings
+        gone = False
         try:
-            while not self.proxy.shutting_down:
-                request = await self._next_request(settings)
-                if request is None:
-                    return
-                self.proxy._request_started()
-                try:
-                    keep_alive = await self._handle(request)
-                finally:
-                    self.proxy._request_ended()
-                if not keep_alive or self.h11.our_state is not h11.DONE:
-                    return
-                if self.h11.their_state is h11.SEND_BODY:
-                    # A bodiless request still has its EndOfMessage waiting in h11's buffer.
-                    self.h11.next_event()
-                if self.h11.their_state is not h11.DONE:
-                    return  # the client did not finish its body; don't guess where it ends
-                self.h11.start_next_cycle()
-        except h11.RemoteProtocolError as exc:
-            if self.h11.our_state in {h11.IDLE, h11.SEND_RESPONSE}:
-                log.info("malformed request from client: %s", exc)
-                with contextlib.suppress(_ClientGone, h11.LocalProtocolError):
-                    await self._send_simple(exc.error_status_hint, f"Bad request: {exc}")
-        except _ClientGone as exc:
-            log.debug("client connection ended: %s", exc)
+            await self._serve_requests()
+        except* h11.RemoteProtocolError as group:
+            await self._malformed(_first(group))
+        except* _ClientGone as group:
+            log.debug("client connection ended: %s", _first(group))
+            gone = True
+        if not (gone or self.abort):
+            await self._linger()
+
+    async def _serve_requests(self) -> None:
+        settings = self.proxy.settings
+        while not self.proxy.shutting_down:
+            request = await self._next_request(settings)
+            if request is None:
+                return
+            if self.refusal is not None:
+                await self._send_simple(
+                    503, self.refusal, extra=[(b"retry-after", b"1")], close=True
+                )
+                return
+            self.proxy._request_started()
+            try:
+                keep_alive = await self._handle(request)
+            finally:
+                self.proxy._request_ended()
+            if not keep_alive or self.h11.our_state is not h11.DONE:
+                return
+            if self.h11.their_state is h11.SEND_BODY:
+                # A bodiless request still has its EndOfMessage waiting in h11's buffer.
+                self.h11.next_event()
+            if self.h11.their_state is not h11.DONE:
+                return  # the client did not finish its body; don't guess where it ends
+            self.h11.start_next_cycle()
+
+    async def _malformed(self, exc: h11.RemoteProtocolError) -> None:
+        """Answer a request h11 refused: its kind and size, never its bytes."""
+        if exc.error_status_hint == 431:  # h11's max_incomplete_event_size, nothing else
+            # Over MAX_HEAD_SIZE and no end of the head in sight: it could never be sent on.
+            status, kind = 431, "request head too large"
+            if b"\n" not in self.h11.trailing_data[0]:
+                status, kind = 414, "request line too long"
+            what = "request line" if status == 414 else "request head"
+            reason = (
+                f"{_phrase(status).decode()}: the {what} is over {MAX_HEAD_SIZE} bytes, "
+                "more than the tunnel carries"
+            )
+        else:
+            status, kind = exc.error_status_hint, describe_h11_error(exc)
+            reason = f"{_phrase(status).decode()}: {kind}"
+        log.info("refused a request from %s: %s (%d bytes received on the connection)",
+                 self.peer(), kind, self.received)  # fmt: skip
+        if self.h11.our_state in {h11.IDLE, h11.SEND_RESPONSE}:
+            with contextlib.suppress(_ClientGone, h11.LocalProtocolError):
+                await self._send_simple(status, reason, close=True)
+        elif self.h11.our_state is h11.SEND_BODY:
+            self.abort = True  # a response cut short must not look complete
+
+    async def _linger(self) -> None:
+        """After an answer, read and drop what the client still sends (bounded), then return
+        for the close: closing with unread bytes resets the connection, and a reset can
+        destroy the answer before the client reads it."""
+        if self.h11.our_state not in {h11.DONE, h11.MUST_CLOSE}:
+            return  # nothing was answered, or the connection switched protocols
+        if self.h11.their_state in {h11.DONE, h11.MUST_CLOSE, h11.CLOSED}:
+            return  # the whole request was read
+        received = 0
+        with trio.move_on_after(LINGER_TIMEOUT):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.client.send_eof()
+                while received < LINGER_BYTES:
+                    data = await self.client.receive_some(READ_SIZE)
+                    if not data:
+                        return
+                    received += len(data)
 
     async def _next_request(self, settings: ProxySettings) -> h11.Request | None:
         """Wait for the next request head; None when the client is done or went idle.
 
         One cancel scope serves both waits: the idle timeout until the first byte, then the
-        head timeout; `begin_shutdown` cancels it to close idle connections.
+        head timeout; `begin_shutdown` and `close_oldest_idle` cancel it to close idle
+        connections.
         """
         if self.proxy.shutting_down:
             return None
-        scope = self.idle_scope = trio.CancelScope(
-            deadline=trio.current_time() + settings.idle_timeout
-        )
+        idle_timeout, head_timeout = settings.idle_timeout, settings.head_timeout
+        if self.refusal is not None:
+            idle_timeout = head_timeout = min(head_timeout, REFUSE_TIMEOUT)
+        scope = self.idle_scope = trio.CancelScope(deadline=trio.current_time() + idle_timeout)
         with scope:
             if self._need_data():
+                idle = self.proxy.idle_connections
+                idle[self] = None
                 try:
                     first = await self.client.receive_some(READ_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return None
+                finally:
+                    idle.pop(self, None)
                 if not first:
                     return None
+                self.received += len(first)
                 self.h11.receive_data(bytes(first))
-            scope.deadline = trio.current_time() + settings.head_timeout
+            scope.deadline = trio.current_time() + head_timeout
             event = await self._receive_event()
             return event if isinstance(event, h11.Request) else None
         if self.proxy.shutting_down or not self.h11.trailing_data[0]:
@@ -282,20 +507,15 @@ class ClientConnection:
         headers = list(request.headers)  # once: h11's Headers iterate slowly, by index
         expected = self.proxy._auth
         if expected is not None:
-            supplied = hdr.get(headers, b"proxy-authorization")
-            if not _auth_ok(supplied, expected):
-                await self._send_simple(
-                    407,
-                    "Proxy authentication required",
-                    extra=[(b"proxy-authenticate", b'Basic realm="fluidity"')],
-                )
-                return True
+            problem = _auth_problem(hdr.get(headers, b"proxy-authorization"), expected)
+            if problem is not None:
+                return await self._auth_required(problem)
         try:
             if request.method == b"CONNECT":
                 await self._connect(request)
                 return False
             if request.target.startswith(b"/"):
-                await self._local(request)
+                await self._local(request, headers)
                 return True
             hdr.check_framing(headers)
             if hdr.is_websocket_upgrade(headers):
@@ -305,6 +525,9 @@ class ClientConnection:
             return True
         except BadRequest as exc:
             await self._send_simple(400, f"Bad request: {exc}")
+            return False
+        except _Refused as exc:
+            await self._send_simple(exc.status, exc.reason, close=True)
             return False
         except TunnelUnavailable as exc:
             await self._send_simple(502, str(exc))
@@ -317,11 +540,40 @@ class ClientConnection:
             )
             return False
 
+    async def _auth_required(self, problem: str) -> bool:
+        """407; after MAX_AUTH_ATTEMPTS on this connection, 407 and close."""
+        self.auth_failures += 1
+        last = self.auth_failures >= MAX_AUTH_ATTEMPTS
+        if problem == "no credentials":
+            log.debug("proxy authentication requested from %s", self.peer())
+        else:
+            self.proxy.auth_failures.record(
+                "proxy authentication failed from %s: %s", self.peer(), problem
+            )
+        text = "Proxy authentication required"
+        if last:
+            text += f" ({self.auth_failures} failed attempts on this connection; closing it)"
+        await self._send_simple(
+            407,
+            text,
+            extra=[(b"proxy-authenticate", b'Basic realm="fluidity"')],
+            close=last,
+        )
+        return not last
+
     # -- the agent's own endpoints --------------------------------------------------------
 
-    async def _local(self, request: h11.Request) -> None:
+    async def _local(self, request: h11.Request, headers: hdr.HeaderList) -> None:
         path = request.target.split(b"?", 1)[0]
         if path == b"/healthz" and request.method in {b"GET", b"HEAD"}:
+            if not self.proxy.healthz_allowed(hdr.get(headers, b"host")):
+                await self._send_simple(
+                    421,
+                    "/healthz answers only to a loopback Host (127.0.0.1, [::1], localhost, "
+                    "with or without a port) or one listed in healthz_hosts: a page that got "
+                    "its own name to resolve to this address must not read it (DNS rebinding)",
+                )
+                return
             status, body = self.proxy.health()
             await self._send_simple(
                 status, json.dumps(body, indent=2), content_type=b"application/json"
@@ -336,12 +588,16 @@ class ClientConnection:
 
     # -- plain HTTP -----------------------------------------------------------------------
 
-    async def _open(self, head: Request | Connect | WebSocketOpen) -> TunnelStream:
+    async def _open(self, head: Opening) -> TunnelStream:
         link = await self.proxy.link()
         try:
             return await link.open_stream(head)
         except LinkClosed as exc:
             raise TunnelUnavailable(f"tunnel to the server is unavailable ({exc})") from exc
+        except FrameTooLarge as exc:
+            refused = _too_large(head, exc)
+            log.info("refused a request from %s: %s", self.peer(), refused.reason)
+            raise refused from None
 
     async def _forward(self, request: h11.Request, headers: hdr.HeaderList) -> None:
         target = hdr.parse_target(request.target)
@@ -407,10 +663,11 @@ class ClientConnection:
             await self._send(
                 h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
             )
-        with trio.fail_after(self.proxy.settings.body_timeout) as scope:
+        body_timeout = self.proxy.settings.body_timeout
+        with trio.move_on_after(body_timeout) as scope:
             while True:
                 event = await self._receive_event()
-                scope.deadline = trio.current_time() + self.proxy.settings.body_timeout
+                scope.deadline = trio.current_time() + body_timeout
                 if isinstance(event, h11.Data):
                     await stream.send_all(event.data)
                 elif isinstance(event, h11.EndOfMessage):
@@ -418,14 +675,18 @@ class ClientConnection:
                     return
                 else:
                     raise _ClientGone("client closed the connection during the request body")
+        raise _ClientGone(f"the client paused its request body for {body_timeout:g} s")
 
     async def _tunnel_failed(self, exc: BaseException) -> None:
-        """A stream broke: 502 if nothing was answered yet, else drop the client connection."""
+        """A stream broke: 502 if nothing was answered yet, else reset the client connection
+        (a response cut short must not look complete, even one delimited by the close)."""
         if isinstance(exc, StreamReset) and exc.code == ErrorCode.UPSTREAM_ERROR:
             reason = f"the origin failed: {exc.message}"
         else:
             reason = f"the tunnel failed: {exc}"
         log.warning("request failed: %s", reason)
+        if self.h11.our_state not in {h11.IDLE, h11.SEND_RESPONSE}:
+            self.abort = True
         await self._send_simple(502, reason)
 
     async def _accepted(self, stream: TunnelStream, kind: type[Ack]) -> Ack | None:
@@ -457,16 +718,23 @@ class ClientConnection:
                 h11.Response(status_code=200, headers=[], reason=b"Connection Established")
             )
             trailing, _ = self.h11.trailing_data
+            quiet = None
             try:
                 if trailing:
                     await stream.send_all(trailing)
-                await self._relay_bytes(stream)
+                quiet = await self._relay_bytes(stream)
             except* (LinkClosed, StreamReset) as group:  # the relay's nursery wraps them
-                log.info("tunnel to %s:%d ended: %s", host, port, group.exceptions[0])
+                # The client must see a failure, not the clean end of a shorter stream.
+                self.abort = True
+                log.info("tunnel to %s:%d failed: %s", host, port, group.exceptions[0])
+            if quiet is not None:
+                stream.reset(ErrorCode.CANCEL, f"tunnel closed by the agent: {quiet}")
+                log.info("tunnel to %s:%d closed: %s", host, port, quiet)
 
-    async def _relay_bytes(self, stream: TunnelStream) -> None:
+    async def _relay_bytes(self, stream: TunnelStream) -> str | None:
+        """Relay until both sides have ended; returns why, if a timeout ended it instead."""
         client = self.client
-
+        settings = self.proxy.settings
         client_done = False
 
         async def client_to_tunnel() -> None:
@@ -479,22 +747,29 @@ class ClientConnection:
                     raise
                 if not data:
                     client_done = True
+                    quiet.ended_one_way()
                     await stream.send_eof()
                     return
+                quiet.moved()
                 await stream.send_all(data)
 
         async def tunnel_to_client() -> None:
             while data := await stream.receive_some():
+                quiet.moved()
                 await client.send_all(data)
+            quiet.ended_one_way()
             if not client_done:  # else the close that follows says it all
                 await client.send_eof()
 
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(client_to_tunnel)
-                await tunnel_to_client()
-        except* (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        with trio.CancelScope() as scope:
+            quiet = _Quiet(scope, settings.tunnel_idle_timeout, settings.half_closed_timeout)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(client_to_tunnel)
+                    await tunnel_to_client()
+            except* (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        return quiet.reason() if scope.cancelled_caught else None
 
     # -- WebSocket ----------------------------------------------------------------------------
 
@@ -530,6 +805,31 @@ class ClientConnection:
                 log.info("WebSocket relay ended: %s", group.exceptions[0])
 
 
+def _too_large(head: Opening, exc: FrameTooLarge) -> _Refused:
+    """414 when the target alone makes the head too large for a frame, else 431."""
+    fits = f"a request's target and headers must fit in {exc.limit} bytes"
+    if isinstance(head, Connect):
+        return _Refused(431, f"Request Header Fields Too Large: the CONNECT request is too "
+                             f"large for the tunnel ({exc.size} bytes; {fits})")  # fmt: skip
+    bare = (
+        attrs.evolve(head, headers=())
+        if isinstance(head, Request)
+        else attrs.evolve(head, headers=(), subprotocols=())
+    )
+    if len(encode_bytes(bare)) - 4 > exc.limit:
+        return _Refused(414, f"URI Too Long: the request target ({len(head.url)} bytes) is too "
+                             f"long for the tunnel ({fits})")  # fmt: skip
+    return _Refused(431, f"Request Header Fields Too Large: the request headers are too large "
+                         f"for the tunnel ({exc.size} bytes with the target; {fits})")  # fmt: skip
+
+
+def _first(group: BaseExceptionGroup[Any]) -> Any:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
 def _phrase(status: int) -> bytes:
     try:
         return HTTPStatus(status).phrase.encode()
@@ -537,8 +837,15 @@ def _phrase(status: int) -> bytes:
         return b""
 
 
-def _auth_ok(supplied: list[bytes], expected: bytes) -> bool:
+def _auth_problem(supplied: list[bytes], expected: bytes) -> str | None:
+    """What is wrong with the Proxy-Authorization headers (never their value), or None."""
+    if not supplied:
+        return "no credentials"
     if len(supplied) != 1:
-        return False
+        return "more than one Proxy-Authorization header"
     scheme, _, token = supplied[0].strip().partition(b" ")
-    return scheme.lower() == b"basic" and hmac.compare_digest(token.strip(), expected)
+    if scheme.lower() != b"basic":
+        return "not Basic credentials"
+    if not hmac.compare_digest(token.strip(), expected):
+        return "wrong user or password"
+    return None

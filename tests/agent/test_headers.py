@@ -94,10 +94,40 @@ def test_parse_authority(target: bytes, expected: tuple[str, int]) -> None:
     assert hdr.parse_authority(target) == expected
 
 
-@pytest.mark.parametrize("target", [b"example.com", b"::1:443", b"e.com:0", b"e.com:x", b":80"])
+@pytest.mark.parametrize(
+    "target",
+    [b"example.com", b"::1:443", b"e.com:0", b"e.com:x", b":80", b"h" * 254 + b":443"],
+)
 def test_bad_authorities_are_refused(target: bytes) -> None:
     with pytest.raises(BadRequest):
         hdr.parse_authority(target)
+
+
+def test_refusals_do_not_repeat_the_target() -> None:
+    with pytest.raises(BadRequest) as info:
+        hdr.parse_target(b"secret-scheme://example.com/")
+    assert "secret" not in str(info.value)
+    assert "http, https" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [
+        (b"example.com", "example.com"),
+        (b"Example.COM.:8080", "example.com"),
+        (b"127.0.0.1:80", "127.0.0.1"),
+        (b"[::1]", "::1"),
+        (b"[::1]:8080", "::1"),
+        (b"localhost", "localhost"),
+        (b"[::1]x", None),
+        (b"[::1", None),
+        (b"host:port", None),
+        (b"", None),
+        (b"\xff", None),
+    ],
+)
+def test_host_name(value: bytes, name: str | None) -> None:
+    assert hdr.host_name(value) == name
 
 
 def test_websocket_detection_and_headers() -> None:

@@ -12,7 +12,7 @@ from trio.testing import MockClock
 from fluidity.agent.proxy import Proxy, ProxySettings
 from fluidity.agent.tunnel_client import TunnelClient
 from fluidity.protocol import Response, Settings
-from fluidity.tunnel import LinkConfig, TunnelStream
+from fluidity.tunnel import LinkConfig, StreamReset, TunnelStream
 
 from ..tunnel.helpers import linked_pair
 
@@ -98,3 +98,35 @@ async def test_a_full_tunnel_answers_503_and_keeps_serving(autojump_clock: MockC
                 await third.send_all(request)
                 assert (await third.receive_some(4096)).startswith(b"HTTP/1.1 204 ")
                 nursery.cancel_scope.cancel()
+
+
+async def test_a_paused_request_body_ends_the_connection_quietly(
+    autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that stops in the middle of its body loses its connection after the body
+    timeout, and the origin's stream is reset; it is not an error of the agent's."""
+    reset = trio.Event()
+
+    async def handler(stream: TunnelStream) -> None:
+        try:
+            while await stream.receive_some():
+                pass
+        except StreamReset:
+            reset.set()
+
+    with trio.fail_after(600):
+        async with linked_pair(handler) as (link, _):
+            proxy = make_proxy()
+            proxy.tunnel.link = link
+            async with trio.open_nursery() as nursery:
+                client, served = trio.testing.memory_stream_pair()
+                nursery.start_soon(proxy.handle, served)
+                start = trio.current_time()
+                await client.send_all(
+                    b"POST http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n"
+                    b"Content-Length: 10\r\n\r\nabc"
+                )
+                assert await read_until_closed(client) == b""
+                await reset.wait()
+    assert trio.current_time() - start == pytest.approx(SETTINGS.body_timeout)
+    assert "error serving a client connection" not in caplog.text
