@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -141,3 +142,48 @@ class Wire(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+class _Delayed(trio.abc.Stream):
+    """One end of a delay line: what is sent reaches the peer `delay` (virtual) seconds later."""
+
+    def __init__(self, inner: trio.abc.Stream, delay: float) -> None:
+        self.inner = inner
+        self.delay = delay
+        self._send, self._pending = trio.open_memory_channel[tuple[float, bytes]](math.inf)
+
+    async def forward(self) -> None:
+        async with self._pending:
+            async for release, data in self._pending:
+                await trio.sleep_until(release)
+                await self.inner.send_all(data)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self._send.send_nowait((trio.current_time() + self.delay, bytes(data)))
+        await trio.lowlevel.checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        self._send.close()
+        await self.inner.aclose()
+
+
+@asynccontextmanager
+async def delay_line(one_way: float) -> AsyncIterator[tuple[trio.abc.Stream, trio.abc.Stream]]:
+    """(agent side, server side) joined in memory with `one_way` seconds each way.
+
+    A path of unlimited bandwidth and a fixed round trip: on the virtual clock, whatever
+    limits a transfer across it is the protocol's windows.
+    """
+    a, b = trio.testing.memory_stream_pair()
+    ends = _Delayed(a, one_way), _Delayed(b, one_way)
+    async with trio.open_nursery() as nursery:
+        for end in ends:
+            nursery.start_soon(end.forward)
+        yield ends
+        nursery.cancel_scope.cancel()
