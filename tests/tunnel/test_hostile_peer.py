@@ -25,6 +25,7 @@ async def flood(flood_frame: bytes, count: int, config: LinkConfig) -> tuple[Lin
     """
     raw, server_side = trio.testing.lockstep_stream_pair()
     links: list[Link] = []
+    up = trio.Event()
     most = 0
     sent = 0
 
@@ -32,23 +33,17 @@ async def flood(flood_frame: bytes, count: int, config: LinkConfig) -> tuple[Lin
         try:
             async with open_link(server_side, Role.SERVER, config, never_called) as link:
                 links.append(link)
+                up.set()
                 await link.wait_closed()
         except LinkClosed:
             pass
 
-    async def watch() -> None:
-        nonlocal most
-        while not links:
-            await trio.sleep(0.001)
-        while links[0].is_open:
-            most = max(most, links[0]._urgent_bytes)
-            await trio.sleep(0.001)
-
     async def send_flood() -> None:
-        nonlocal sent
+        nonlocal sent, most
         for _ in range(count):
             await raw.send_all(flood_frame)
             sent += 1
+            most = max(most, links[0]._urgent_bytes)  # the server read it: what is queued?
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(serve)
@@ -56,11 +51,10 @@ async def flood(flood_frame: bytes, count: int, config: LinkConfig) -> tuple[Lin
         peer.initiate()
         await raw.send_all(b"".join(peer.data_to_send()))
         await raw.receive_some()  # the HelloAck; nothing is read after this
-        nursery.start_soon(watch)
+        await up.wait()
         with trio.move_on_after(5):
             await send_flood()
-        while links[0].is_open:  # the keepalive ends the link the peer stopped reading
-            await trio.sleep(1)
+        await links[0].wait_closed()  # the keepalive ends the link the peer stopped reading
         nursery.cancel_scope.cancel()
     return links[0], most, sent
 
