@@ -133,6 +133,23 @@ def _positive_int(value: int) -> int:
     return value
 
 
+_MIB = 1024 * 1024
+
+
+def _window(value: int) -> int:
+    if not 256 * 1024 <= value <= 2**31 - 1:
+        raise ValueError(
+            "expected bytes between 262144 (256 KiB, the initial window) and 2**31 - 1"
+        )
+    return value
+
+
+def _budget(value: int) -> int:
+    if value < 0:
+        raise ValueError("expected bytes, 0 or more (0: windows never grow)")
+    return value
+
+
 def _host(value: str) -> str:
     value = value.strip()
     if not value or any(c.isspace() for c in value):
@@ -370,8 +387,25 @@ class AgentConfig:
     keepalive_timeout: float = attrs.field(
         default=45.0,
         metadata=_meta(
-            "Seconds without any data from the server before the link is declared dead.",
+            "Seconds without any data from the server before the link is declared dead (a "
+            "third of it while requests are open).",
             check=_positive,
+        ),
+    )
+    max_window: int = attrs.field(
+        default=16 * _MIB,
+        metadata=_meta(
+            "Bytes a download's receive window may grow to (from 256 KiB) while the path and "
+            "the client keep up; about 4x bandwidth x round trip fills a long path.",
+            check=_window,
+        ),
+    )
+    receive_budget: int = attrs.field(
+        default=64 * _MIB,
+        metadata=_meta(
+            "Bytes the receive windows of all the link's streams may grow to together: what "
+            "stalled clients can make the agent hold.",
+            check=_budget,
         ),
     )
     shutdown_grace: float = attrs.field(
@@ -583,7 +617,25 @@ class ServerConfig:
     keepalive_timeout: float = attrs.field(
         default=45.0,
         metadata=_meta(
-            "Seconds without any data from an agent before its link is closed.", check=_positive
+            "Seconds without any data from an agent before its link is closed (a third of it "
+            "while streams are open).",
+            check=_positive,
+        ),
+    )
+    max_window: int = attrs.field(
+        default=16 * _MIB,
+        metadata=_meta(
+            "Bytes an upload's receive window may grow to (from 256 KiB) while the path and "
+            "the origin keep up.",
+            check=_window,
+        ),
+    )
+    receive_budget: int = attrs.field(
+        default=64 * _MIB,
+        metadata=_meta(
+            "Bytes the receive windows of one link's streams may grow to together (sized for "
+            "a 512 MiB task: stalled origins cannot make the server hold more).",
+            check=_budget,
         ),
     )
     shutdown_grace: float = attrs.field(

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import trio
 
 from fluidity.config import AgentConfig
-from fluidity.protocol import Settings
+from fluidity.protocol import Settings, WindowPolicy
 from fluidity.readyfile import write_ready_file
 from fluidity.tls import client_ssl_context
 from fluidity.tunnel import LinkConfig
@@ -80,6 +80,7 @@ async def serve(
             settings=Settings(peer_name="fluidity-agent"),
             keepalive_interval=config.keepalive_interval,
             keepalive_timeout=config.keepalive_timeout,
+            policy=WindowPolicy(config.max_window, config.receive_budget),
         ),
         connect_timeout=config.connect_timeout,
         backoff=Backoff(config.reconnect_min_delay, config.reconnect_max_delay),

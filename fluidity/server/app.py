@@ -10,7 +10,7 @@ from typing import Any
 import trio
 
 from fluidity.config import ServerConfig
-from fluidity.protocol import Role, Settings
+from fluidity.protocol import Role, Settings, WindowPolicy
 from fluidity.readyfile import write_ready_file
 from fluidity.tls import server_ssl_context
 from fluidity.tunnel import Link, LinkClosed, LinkConfig, open_link
@@ -157,6 +157,7 @@ async def serve(
         settings=Settings(peer_name="fluidity-server"),
         keepalive_interval=config.keepalive_interval,
         keepalive_timeout=config.keepalive_timeout,
+        policy=WindowPolicy(config.max_window, config.receive_budget),
         handshake_timeout=config.handshake_timeout,
     )
     async with open_stream_handler(
