@@ -249,6 +249,9 @@ def test_bad_env_boolean() -> None:
         ("server_name", "not a name", "expected a DNS name"),
         ("listen_host", "   ", "must not be empty"),
         ("ready_file", "/no/such/dir/ready.json", "does not exist"),
+        ("max_window", "65536", "from 262144 (256 KiB, the initial window)"),
+        ("max_window", str(2**31), "to 2**31 - 1"),
+        ("receive_budget", "-1", "0 or more (0: windows never grow)"),
     ],
 )
 def test_bad_env_value_names_key_and_expectation(
