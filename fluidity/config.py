@@ -138,9 +138,7 @@ _MIB = 1024 * 1024
 
 def _window(value: int) -> int:
     if not 256 * 1024 <= value <= 2**31 - 1:
-        raise ValueError(
-            "expected bytes between 262144 (256 KiB, the initial window) and 2**31 - 1"
-        )
+        raise ValueError("expected bytes from 262144 (256 KiB, the initial window) to 2**31 - 1")
     return value
 
 
