@@ -581,3 +581,13 @@ def test_unknown_error_codes_are_kept_as_ints() -> None:
     assert reset == Reset(1, 4242, "future")
     assert ErrorCode.parse(4242) == 4242
     assert ErrorCode.parse(6) is ErrorCode.REFUSED_STREAM
+
+
+def test_an_unknown_kind_is_not_echoed_whole() -> None:
+    decoder = FrameDecoder()
+    body = msgpack.packb(["k" * 60_000, 1])
+    decoder.receive_data(LENGTH.pack(len(body)) + body)
+    with pytest.raises(LinkProtocolError) as info:
+        decoder.next_message()
+    assert "unknown frame kind 'kkk" in str(info.value)
+    assert len(str(info.value)) < 80
