@@ -93,11 +93,6 @@ _KIND_OF_OPENING: dict[type[Message], StreamKind] = {
     Connect: StreamKind.CONNECT,
     WebSocketOpen: StreamKind.WEBSOCKET,
 }
-_KIND_OF_REPLY: dict[type[Message], StreamKind] = {
-    Response: StreamKind.REQUEST,
-    ConnectAck: StreamKind.CONNECT,
-    WebSocketAck: StreamKind.WEBSOCKET,
-}
 
 
 @attrs.frozen
@@ -158,8 +153,77 @@ class StreamState:
     epoch_start: float | None = None
 
 
-def _misplaced(message: Message, stream: StreamState) -> str:
-    return f"{type(message).__name__} on a {stream.kind.value} stream"
+_NO_KIND: frozenset[StreamKind] = frozenset()
+
+
+@attrs.frozen
+class FrameRule:
+    """Where one type of frame may appear on a stream: one row, for sending and receiving."""
+
+    #: Stream kinds the frame belongs to.
+    kinds: frozenset[StreamKind]
+    #: The server's answer to the opening frame: sent once, only by the server.
+    reply: bool = False
+    #: Stream kinds on which the agent may send it before the reply (a request body).
+    early: frozenset[StreamKind] = _NO_KIND
+
+
+#: The stream rules of docs/protocol.md §5 (Reset and WindowUpdate go anywhere, openings are
+#: checked on their own). `_violation` applies them in the documented order.
+STREAM_RULES: dict[type[Message], FrameRule] = {
+    Response: FrameRule(frozenset({StreamKind.REQUEST}), reply=True),
+    ConnectAck: FrameRule(frozenset({StreamKind.CONNECT}), reply=True),
+    WebSocketAck: FrameRule(frozenset({StreamKind.WEBSOCKET}), reply=True),
+    Data: FrameRule(
+        frozenset({StreamKind.REQUEST, StreamKind.CONNECT}),
+        early=frozenset({StreamKind.REQUEST}),
+    ),
+    WebSocketMessage: FrameRule(frozenset({StreamKind.WEBSOCKET})),
+    WebSocketClose: FrameRule(frozenset({StreamKind.WEBSOCKET})),
+}
+
+
+@attrs.frozen
+class Violation:
+    """A broken stream rule: what to say, the code, and whether it costs the whole link."""
+
+    text: str
+    code: ErrorCode = ErrorCode.PROTOCOL_ERROR
+    link: bool = False
+
+
+def _violation(
+    stream: StreamState, message: Message, sender: Role, ended: bool
+) -> Violation | None:
+    """The first rule of STREAM_RULES that `message`, sent by `sender`, breaks on `stream`.
+
+    `ended` says whether the sender already ended its direction. Order: reply (rule 1) →
+    direction ended (rule 6) → before the reply (rule 2) → kind (rule 5) → empty Data (rule 4).
+    """
+    name = type(message).__name__
+    rule = STREAM_RULES[type(message)]
+    if rule.reply:
+        if sender is not Role.SERVER:
+            return Violation(f"the agent sent {name}", link=True)
+        if stream.replied or stream.kind not in rule.kinds:
+            return Violation(f"unexpected {name}")
+        return None
+    if ended:
+        return Violation(f"{name} after the end of stream", ErrorCode.STREAM_CLOSED)
+    if not stream.replied and (sender is Role.SERVER or stream.kind not in rule.early):
+        return Violation(f"{name} before the reply")
+    if stream.kind not in rule.kinds:
+        return Violation(f"{name} on a {stream.kind.value} stream")
+    if type(message) is Data and not message.data and not message.end_stream:
+        return Violation("empty Data frame without end_stream")
+    return None
+
+
+def _ends_direction(message: Message) -> bool:
+    """Whether the frame is the last of its sender's direction (rule 4, rule 6)."""
+    if type(message) is Data or type(message) is Response:
+        return message.end_stream
+    return type(message) is WebSocketClose
 
 
 def flow_size(message: Data | WebSocketMessage) -> int:
@@ -306,41 +370,22 @@ class Connection:
         if isinstance(message, Reset):
             self._drop(sid)
             return
-        if isinstance(message, REPLY_TYPES):
-            if self.role is not Role.SERVER or stream.replied:
-                raise LocalProtocolError("only the server replies, once per stream")
-            if _KIND_OF_REPLY[type(message)] is not stream.kind:
-                raise LocalProtocolError(_misplaced(message, stream))
-            stream.replied = True
-            if isinstance(message, Response) and message.end_stream:
-                self._close_local(sid)
-            elif isinstance(message, _ACKS) and not message.success:
-                self._drop(sid)
-            return
-        if stream.local_closed:
-            raise LocalProtocolError(f"stream {sid} is closed for sending")
-        if not stream.replied and (
-            self.role is Role.SERVER or stream.kind is not StreamKind.REQUEST
-        ):
-            # Mirrors the receiver's rule: only a request body may precede the reply.
-            raise LocalProtocolError(f"{type(message).__name__} before the reply")
+        broken = _violation(stream, message, self.role, stream.local_closed)
+        if broken is not None:
+            raise LocalProtocolError(f"stream {sid}: {broken.text}")
         if isinstance(message, _PAYLOADS):
-            is_ws = isinstance(message, WebSocketMessage)
-            if is_ws != (stream.kind is StreamKind.WEBSOCKET):
-                raise LocalProtocolError(_misplaced(message, stream))
             size = flow_size(message)
             if len(message.data) > self.max_send_data:
                 raise LocalProtocolError("payload exceeds the peer's max_data_size")
             if size > stream.send_window:
                 raise LocalProtocolError("payload exceeds the stream's send window")
-            if isinstance(message, Data) and not message.data and not message.end_stream:
-                raise LocalProtocolError("empty Data frame without end_stream")
             stream.send_window -= size
-            if isinstance(message, Data) and message.end_stream:
-                self._close_local(sid)
-        elif isinstance(message, WebSocketClose):
-            if stream.kind is not StreamKind.WEBSOCKET:
-                raise LocalProtocolError("WebSocketClose on a non-WebSocket stream")
+        elif isinstance(message, REPLY_TYPES):
+            stream.replied = True
+            if isinstance(message, _ACKS) and not message.success:
+                self._drop(sid)
+                return
+        if _ends_direction(message):
             self._close_local(sid)
 
     def _add_stream(self, sid: int, kind: StreamKind) -> None:
@@ -530,34 +575,13 @@ class Connection:
                 raise StreamProtocolError(sid, "bad window increment", ErrorCode.FLOW_CONTROL_ERROR)
             stream.send_window += message.increment
             return True
-        if isinstance(message, REPLY_TYPES):
-            if self.role is not Role.AGENT:
-                raise LinkProtocolError(f"the agent sent {type(message).__name__}")
-            if stream.replied or _KIND_OF_REPLY[type(message)] is not stream.kind:
-                raise StreamProtocolError(sid, f"unexpected {type(message).__name__}")
-            stream.replied = True
-            if isinstance(message, Response) and message.end_stream:
-                self._close_remote(sid)
-            elif isinstance(message, _ACKS) and not message.success:
-                self._drop(sid)
-            return True
-        if stream.remote_closed:
-            raise StreamProtocolError(
-                sid, f"{type(message).__name__} after the end of stream", ErrorCode.STREAM_CLOSED
-            )
-        peer_must_wait = (
-            self.role is Role.AGENT or stream.kind is not StreamKind.REQUEST
-        ) and not stream.replied
-        if peer_must_wait:
-            raise StreamProtocolError(sid, f"{type(message).__name__} before the reply")
+        peer = Role.SERVER if self.role is Role.AGENT else Role.AGENT
+        broken = _violation(stream, message, peer, stream.remote_closed)
+        if broken is not None:
+            if broken.link:
+                raise LinkProtocolError(broken.text, broken.code)
+            raise StreamProtocolError(sid, broken.text, broken.code)
         if isinstance(message, _PAYLOADS):
-            is_ws = isinstance(message, WebSocketMessage)
-            if is_ws != (stream.kind is StreamKind.WEBSOCKET):
-                raise StreamProtocolError(
-                    sid, f"{type(message).__name__} on a {stream.kind.value} stream"
-                )
-            if isinstance(message, Data) and not message.data and not message.end_stream:
-                raise StreamProtocolError(sid, "empty Data frame without end_stream")
             size = flow_size(message)
             if size > stream.recv_window:
                 raise LinkProtocolError(
@@ -565,15 +589,14 @@ class Connection:
                     ErrorCode.FLOW_CONTROL_ERROR,
                 )
             stream.recv_window -= size
-            if isinstance(message, Data) and message.end_stream:
-                self._close_remote(sid)
-            return True
-        if isinstance(message, WebSocketClose):
-            if stream.kind is not StreamKind.WEBSOCKET:
-                raise StreamProtocolError(sid, "WebSocketClose on a non-WebSocket stream")
+        elif isinstance(message, REPLY_TYPES):
+            stream.replied = True
+            if isinstance(message, _ACKS) and not message.success:
+                self._drop(sid)
+                return True
+        if _ends_direction(message):
             self._close_remote(sid)
-            return True
-        raise LinkProtocolError(f"unexpected {type(message).__name__}")  # pragma: no cover
+        return True
 
     def _process_oversized(self, head: OversizedHead) -> None:
         """A head frame above our limit was skipped: it costs its stream, not the link."""

@@ -972,3 +972,62 @@ def test_an_agent_within_the_limit_is_never_refused(
     link.to_server()
     refused = [m for m in link.pending(server) if isinstance(m, Reset)]
     assert all(r.code != ErrorCode.REFUSED_STREAM for r in refused)
+
+
+# -- one table for both directions --------------------------------------------------------------
+
+_OPENINGS = {
+    StreamKind.REQUEST: Request(1, b"POST", b"http://example.com/"),
+    StreamKind.CONNECT: Connect(1, "example.com", 443),
+    StreamKind.WEBSOCKET: WebSocketOpen(1, "ws://example.com/", (), ()),
+}
+_REPLIES = {
+    StreamKind.REQUEST: Response(1, 200, b"OK", (), False),
+    StreamKind.CONNECT: ConnectAck(1, 200, ""),
+    StreamKind.WEBSOCKET: WebSocketAck(1, 101, None, (), ""),
+}
+_FRAMES = [
+    Response(1, 200, b"OK", (), False),
+    ConnectAck(1, 200, ""),
+    WebSocketAck(1, 101, None, (), ""),
+    Data(1, False, b"x"),
+    Data(1, False, b""),
+    WebSocketMessage(1, True, True, b"x"),
+    WebSocketClose(1, 1000, ""),
+]
+
+
+@pytest.mark.parametrize("kind", list(StreamKind))
+@pytest.mark.parametrize("sender", ["agent", "server"])
+@pytest.mark.parametrize("replied", [False, True])
+@pytest.mark.parametrize("frame", _FRAMES, ids=lambda f: type(f).__name__)
+def test_a_frame_a_side_may_not_send_is_one_its_peer_may_not_receive(
+    kind: StreamKind, sender: str, replied: bool, frame: Message
+) -> None:
+    """Sending and receiving apply the same rules: refused on one side iff an error on the other."""
+
+    def opened() -> Link:
+        link = Link.open()
+        link.send(link.agent, _OPENINGS[kind])
+        link.to_server()
+        if replied:
+            link.send(link.server, _REPLIES[kind])
+            link.to_agent()
+        return link
+
+    link = opened()
+    conn = link.agent if sender == "agent" else link.server
+    try:
+        conn.send(frame)
+        refused = False
+    except LocalProtocolError:
+        refused = True
+    link = opened()
+    peer = link.server if sender == "agent" else link.agent
+    link.inject(peer, frame)
+    try:
+        peer.next_event()
+        rejected = False
+    except (StreamProtocolError, LinkProtocolError):
+        rejected = True
+    assert refused == rejected
