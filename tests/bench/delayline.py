@@ -28,8 +28,8 @@ The chunks of a direction leave in the order they arrived and all wait the same 
 their release times never decrease: one deque and one timer per direction, no heap.
 
 The ports go to `--ready-file` as JSON: forwards ({target port: listen port}), listen_port
-(the first listener), pid. It runs on asyncio protocols, as the bench origin does, because
-protocol callbacks cost the least CPU per chunk.
+(the first listener), queue_bytes, pid. It runs on asyncio protocols, as the bench origin
+does, because protocol callbacks cost the least CPU per chunk.
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ async def serve(
         server = await loop.create_server(listener.accept, HOST, 0, backlog=1024)
         servers.append(server)
         forwards[port] = server.sockets[0].getsockname()[1]
-    info = {"forwards": forwards, "listen_port": forwards[targets[0]]}
+    info = {"forwards": forwards, "listen_port": forwards[targets[0]], "queue_bytes": queue}
     if ready_file:
         write_ready(ready_file, info)
     print(f"delay line: rtt {rtt * 1000:g} ms, {rate * 8 / 1e6:g} Mbit/s, {info}", flush=True)
