@@ -401,4 +401,17 @@ def render_wan(wan: dict[str, Any]) -> str:
                 for name, peak in stalled["peak_rss_mb"].items()
             )
             lines.append(f"  {rtt} ms stalled readers, RSS before -> peak: {parts}")
+    disturbed = [
+        f"{rtt} ms {figure} {mode} ({background:.0f}%)"
+        for rtt, result in wan.get("paths", {}).items()
+        for figure in WAN_FIGURES
+        for mode in MODES
+        if (background := _get(result, figure, mode, "background_cpu_percent") or 0) > 25
+    ]
+    if disturbed:
+        lines.append(
+            "WARNING: other processes were busy (% of one core) during "
+            + ", ".join(disturbed)
+            + ": the transfers there may be slower than this machine can do."
+        )
     return "\n".join(lines)
