@@ -23,11 +23,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import os
 import re
 import ssl
 from collections.abc import Callable
+
+from .ready import write_ready
 
 HOST = "127.0.0.1"
 #: The body buffer; larger bodies repeat it. A period of 251 (a prime) keeps it non-trivial.
@@ -164,13 +164,6 @@ class Echo(asyncio.Protocol):
         return False  # close once what was echoed is written
 
 
-def _write_ready(path: str, info: dict[str, int]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump({**info, "pid": os.getpid()}, f)
-    os.replace(tmp, path)
-
-
 async def main(cert: str | None, ready_file: str | None) -> None:
     loop = asyncio.get_running_loop()
     ports: dict[str, int] = {}
@@ -197,7 +190,7 @@ async def main(cert: str | None, ready_file: str | None) -> None:
         context.load_cert_chain(cert)
         await listen("https_port", lambda: HttpOrigin(TLS_CHUNK), context)
     if ready_file:
-        _write_ready(ready_file, ports)
+        write_ready(ready_file, ports)
     print(f"bench origin listening: {ports}", flush=True)
     await asyncio.gather(*(server.serve_forever() for server in servers))
 

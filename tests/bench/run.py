@@ -14,6 +14,8 @@ directly against the origin (the machine's own limit) and through the agent:
 * ttfb     CONNECT time to first byte over 200 sequential tunnels to the TCP echo origin,
            after 100 untimed ones
 * tunnels  1000 concurrent CONNECT tunnels, each echoing 64 KiB: total time and failures
+* wan      (only when asked for: `--phases wan`) the same kinds of transfer across an emulated
+           long path (tests/bench/wan.py, tests/bench/delayline.py)
 
 Each phase first waits (up to --wait-quiet s) for other processes to leave the CPUs alone, and
 the CPU other processes used during each run is recorded: figures taken on a busy machine are
@@ -172,6 +174,7 @@ class Bench:
     server: Running
     agent: Running
     profile_dir: Path | None
+    pki: Pki
 
     @property
     def http_port(self) -> int:
@@ -317,25 +320,29 @@ async def profiled(bench: Bench, phase: str, enabled: bool = True) -> AsyncItera
 # -- 1. bulk downloads with curl ----------------------------------------------------------------
 
 
-async def curl_download(
-    bench: Bench, url: str, *, proxied: bool, port: int, size: int
-) -> dict[str, Any]:
-    args = [
-        "curl",
-        "-sS",
-        "-o",
-        "/dev/null",
-        "--max-time",
-        str(bench.args.bulk_timeout),
-        "-w",
-        "%{speed_download} %{size_download} %{http_code} %{time_total}",
-    ]
+def curl_command(bench: Bench, *, proxied: bool, port: int, tls: bool) -> list[str]:
+    """curl, quiet, capped at --bulk-timeout per transfer, through the agent (`-x`) or
+    straight to 127.0.0.1:`port` (`--resolve`), trusting the origin's CA for `tls`."""
+    args = ["curl", "-sS", "--max-time", str(bench.args.bulk_timeout)]
     if proxied:
         args += ["-x", bench.proxy]
     else:
         args += ["--noproxy", "*", "--resolve", f"{ORIGIN_NAME}:{port}:127.0.0.1"]
-    if url.startswith("https:"):
+    if tls:
         args += ["--cacert", str(bench.origin_ca)]
+    return args
+
+
+async def curl_download(
+    bench: Bench, url: str, *, proxied: bool, port: int, size: int
+) -> dict[str, Any]:
+    args = curl_command(bench, proxied=proxied, port=port, tls=url.startswith("https:"))
+    args += [
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{speed_download} %{size_download} %{http_code} %{time_total}",
+    ]
     args.append(url)
     with trio.fail_after(bench.args.bulk_timeout + 30):
         result = await trio.run_process(
@@ -875,7 +882,12 @@ def rows(phases: dict[str, Any], bulk_size: int = GIB) -> list[Row]:
     for name in ("agent", "server"):
         per = _get(phases, "idle", f"{name}_kib_per_stream")
         out.append(Row(f"{name} RSS per idle stream", "KiB", None, per, "< 50", _below(per, 50)))
-    return out
+    if "wan" in phases:
+        from .wan import wan_rows
+
+        out += wan_rows(phases["wan"])
+    # Rows of phases that did not run (or failed: their errors are printed) are left out.
+    return [row for row in out if row.direct is not None or row.fluidity is not None]
 
 
 def _fmt(value: float | None) -> str:
@@ -922,6 +934,8 @@ def render_cpu(phases: dict[str, Any], profiled: bool) -> str:
             background = _get(phases, key, "fluidity", "background_cpu_percent")
             parts = ", ".join(f"{name} {value:.0f}%" for name, value in cpu.items())
             lines.append(f"  {key:<10} {parts}, background {background:.0f}%  ({seconds} s)")
+    if len(lines) == 1:
+        return ""  # none of these phases ran
     if disturbed:
         note = " (py-spy counts as background here)" if profiled else ""
         lines.append(
@@ -935,6 +949,13 @@ def render_cpu(phases: dict[str, Any], profiled: bool) -> str:
 
 # -- main -----------------------------------------------------------------------------------------
 
+
+async def phase_wan(bench: Bench) -> dict[str, Any]:
+    from . import wan  # wan.py builds on this module's helpers: imported when used
+
+    return await wan.phase_wan(bench)
+
+
 PHASES: dict[str, Callable[[Bench], Awaitable[dict[str, Any]]]] = {
     "idle": phase_idle,
     "bulk-http": lambda bench: phase_bulk(bench, tls=False),
@@ -942,7 +963,10 @@ PHASES: dict[str, Callable[[Bench], Awaitable[dict[str, Any]]]] = {
     "get": phase_get,
     "ttfb": phase_ttfb,
     "tunnels": phase_tunnels,
+    "wan": phase_wan,
 }
+#: What a plain `nox -s bench` runs: the WAN phase takes 11-12 minutes, so it is asked for.
+DEFAULT_PHASES = [name for name in PHASES if name != "wan"]
 
 
 def raise_file_limit() -> None:
@@ -952,6 +976,11 @@ def raise_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
+def log_level_args(args: argparse.Namespace) -> list[str]:
+    """The agent's and the server's options from the bench's."""
+    return ["--log-level", args.log_level] if args.log_level else []
+
+
 async def run_bench(args: argparse.Namespace, workdir: Path, pki: Pki) -> dict[str, Any]:
     ca = trustme.CA()
     cert = ca.issue_cert(ORIGIN_NAME, "127.0.0.1", "localhost")
@@ -959,7 +988,7 @@ async def run_bench(args: argparse.Namespace, workdir: Path, pki: Pki) -> dict[s
     origin_ca = workdir / "origin-ca.pem"
     cert.private_key_and_cert_chain_pem.write_to_path(str(origin_pem))
     ca.cert_pem.write_to_path(str(origin_ca))
-    extra = ["--log-level", args.log_level] if args.log_level else []
+    extra = log_level_args(args)
     profile_dir = Path(args.profile) if args.profile else None
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
@@ -977,7 +1006,7 @@ async def run_bench(args: argparse.Namespace, workdir: Path, pki: Pki) -> dict[s
         ) as server,
         run_fluidity("fluidity.agent", agent_args(pki, server.port, *extra), workdir) as agent,
     ):
-        bench = Bench(args, workdir, origin_ca, origin, server, agent, profile_dir)
+        bench = Bench(args, workdir, origin_ca, origin, server, agent, profile_dir, pki)
         await wait_tunnel_up(bench)
         await warm_up(bench)
         for name in args.phases:
@@ -998,6 +1027,20 @@ async def run_bench(args: argparse.Namespace, workdir: Path, pki: Pki) -> dict[s
     return phases
 
 
+_UNITS = {"": 1, "KIB": 1024, "MIB": MIB, "GIB": GIB, "KB": 1000, "MB": MB, "GB": 1000 * MB}
+#: The WAN phase's figures (tests/bench/wan.py), in the order they run.
+WAN_FIGURES = ("download-http", "download-tls", "parallel", "get", "page", "stalled")
+
+
+def parse_size(text: str) -> int:
+    """A byte count: 1048576, 20MiB, 1GiB, 4MB."""
+    number = text.strip().rstrip("BbIiKkMmGg")
+    unit = text.strip()[len(number) :].upper()
+    if unit not in _UNITS or not number.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 65536, 64KiB, 20MiB, 1GiB)")
+    return int(number) * _UNITS[unit]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="nox -s bench --",
@@ -1008,9 +1051,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--workdir", help="certificates and process logs (default: next to the output, in work/)"
     )
     parser.add_argument(
-        "--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}"
+        "--phases",
+        default=",".join(DEFAULT_PHASES),
+        help=f"comma-separated subset of {','.join(PHASES)} (default: all but wan)",
     )
-    parser.add_argument("--size", type=int, default=GIB, help="bulk download size in bytes")
+    parser.add_argument("--size", type=parse_size, default=GIB, help="bulk download size")
     parser.add_argument(
         "--repeat", type=int, default=1, help="bulk runs of each kind; the best is reported"
     )
@@ -1065,16 +1110,87 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
     parser.add_argument(
-        "--quick", action="store_true", help="a smoke run: 64 MiB, 1 s of GETs, 100 tunnels"
+        "--quick",
+        action="store_true",
+        help="a smoke run: 64 MiB, 1 s of GETs, 100 tunnels (WAN: 16 MiB, once, 5 GETs)",
+    )
+    wan = parser.add_argument_group("the WAN phase (--phases wan; sizes take KiB, MiB, GiB, MB)")
+    wan.add_argument(
+        "--wan-rtt",
+        default="50,100",
+        help="round trips to emulate, ms, comma-separated (%(default)s)",
+    )
+    wan.add_argument(
+        "--wan-rate-mbit",
+        type=float,
+        default=400,
+        help="the path's bottleneck, each way (%(default)s)",
+    )
+    wan.add_argument(
+        "--wan-queue",
+        type=parse_size,
+        help="bottleneck queue, each way (default: rate x RTT)",
+    )
+    wan.add_argument(
+        "--wan-figures",
+        default=",".join(WAN_FIGURES),
+        help=f"comma-separated subset of {','.join(WAN_FIGURES)}",
+    )
+    wan.add_argument(
+        "--wan-size", type=parse_size, default=100 * MIB, help="download size (%(default)s)"
+    )
+    wan.add_argument(
+        "--wan-repeats",
+        type=int,
+        default=3,
+        help="single downloads of each kind; the median (%(default)s)",
+    )
+    wan.add_argument("--wan-parallel", type=int, default=4, help="downloads at once (%(default)s)")
+    wan.add_argument(
+        "--wan-gets", type=int, default=20, help="1 KiB GETs, fresh connections (%(default)s)"
+    )
+    wan.add_argument("--wan-page", type=int, default=24, help="HTTPS fetches at once (%(default)s)")
+    wan.add_argument(
+        "--wan-page-size", type=parse_size, default=64 * 1024, help="each fetch (%(default)s)"
+    )
+    wan.add_argument(
+        "--wan-stalled", type=int, default=8, help="downloads whose readers stall (%(default)s)"
+    )
+    wan.add_argument(
+        "--wan-stall-after",
+        type=parse_size,
+        default=4 * MIB,
+        help="read before stalling (%(default)s)",
+    )
+    wan.add_argument(
+        "--wan-stall-seconds",
+        type=float,
+        default=5.0,
+        help="RSS watched while they stall (%(default)s)",
+    )
+    wan.add_argument(
+        "--wan-timeout",
+        type=float,
+        default=300.0,
+        help="cap on each WAN transfer, seconds (%(default)s)",
     )
     args = parser.parse_args(argv)
     args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     unknown = [p for p in args.phases if p not in PHASES]
     if unknown:
         parser.error(f"unknown phases {unknown}; choose from {list(PHASES)}")
+    args.wan_figures = [f.strip() for f in args.wan_figures.split(",") if f.strip()]
+    unknown = [f for f in args.wan_figures if f not in WAN_FIGURES]
+    if unknown:
+        parser.error(f"unknown WAN figures {unknown}; choose from {list(WAN_FIGURES)}")
+    try:
+        args.wan_rtt = [float(ms) for ms in args.wan_rtt.split(",") if ms.strip()]
+    except ValueError:
+        parser.error(f"--wan-rtt takes milliseconds, comma-separated, not {args.wan_rtt!r}")
     if args.quick:
         args.size, args.duration, args.tunnels = 64 * MIB, 1.0, 100
         args.ttfb_count, args.ttfb_warmup, args.idle_streams = 50, 20, 100
+        args.wan_size, args.wan_repeats, args.wan_gets, args.wan_stall_seconds = 16 * MIB, 1, 5, 2
     if args.loadgen == "wrk" and not shutil.which("wrk"):
         parser.error("wrk is not installed (apt-get install wrk), use --loadgen python")
     return args
@@ -1100,7 +1216,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     phases = trio.run(run_bench, args, workdir, pki)
     table = rows(phases, args.size)
-    results = {
+    results: dict[str, Any] = {
         "meta": {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "seconds": round(time.time() - started, 1),
@@ -1123,7 +1239,13 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(render_table(table))
     print()
-    print(render_cpu(phases, bool(args.profile)))
+    cpu = render_cpu(phases, bool(args.profile))
+    if cpu:
+        print(cpu)
+    if "wan" in phases:
+        from .wan import render_wan
+
+        print(render_wan(phases["wan"]))
     print(f"GET load generator: {results['meta']['loadgen']}; results in {output}")
     if args.profile:
         from .profile_summary import summarise_dir
