@@ -100,10 +100,9 @@ class WanPath:
         return f"{'https' if tls else 'http'}://{ORIGIN_NAME}:{port}{path}", port
 
 
-def receive_budget() -> int | None:
-    """The link-wide receive budget, once the tunnel has one."""
-    budget = getattr(fluidity.tunnel.LinkConfig(), "receive_budget", None)
-    return None if budget is None else int(budget)
+def receive_budget() -> int:
+    """The link-wide receive budget the processes run with (the default of both)."""
+    return fluidity.tunnel.LinkConfig().policy.receive_budget
 
 
 @asynccontextmanager
