@@ -11,6 +11,7 @@ Roles: the agent opens streams with odd ids, increasing; the server never opens 
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterator
 
 import attrs
@@ -64,6 +65,11 @@ DEFAULT_RECEIVE_BUDGET = 64 * 1024 * 1024
 #: A window grows when half of it was consumed in less than GROWTH_RTTS round trips (quic-go's
 #: rule: the sender is then limited by the window, not by the path or the reader).
 GROWTH_RTTS = 2.0
+#: How much one epoch may grow a window at most. A window-limited sender's data arrives in
+#: bursts at the path's rate, so an epoch much shorter than 2 RTT says the path holds several
+#: times the window: growing only 2x per epoch (slow start) would take ~6 RTTs to fill 50 ms
+#: at 400 Mbit/s, a large share of a 100 MB download.
+MAX_GROWTH = 64
 
 
 #: isinstance() targets as tuples: a `A | B` union would be built on every call.
@@ -449,22 +455,23 @@ class Connection:
         """Resize the stream's window at the end of an epoch; return the change (may be < 0).
 
         Shrinks a grown window toward the initial one while the link is over its budget (the
-        shrink is taken from the credit being returned, so it is never below -consumed);
-        otherwise grows it (double, at most max_window and half of the budget left) when the
-        half window was consumed within GROWTH_RTTS round trips.
+        shrink is taken from the credit being returned, so it is never below -consumed).
+        Otherwise, if the half window was consumed within GROWTH_RTTS round trips, grows it to
+        the window that would make such an epoch last GROWTH_RTTS round trips: at least 2x, at
+        most MAX_GROWTH x, max_window, and half of the budget left.
         """
         assert stream.epoch_start is not None
         elapsed = now - stream.epoch_start
         stream.epoch_start = now
-        budget = self.policy.receive_budget
-        over = self.recv_committed - budget
+        window = stream.window
+        over = self.recv_committed - self.policy.receive_budget
         if over > 0:
-            change = -min(stream.window - self.local_settings.initial_window, over, consumed)
-        elif self.rtt is not None and elapsed < GROWTH_RTTS * self.rtt * (
-            2 * consumed / stream.window
-        ):
-            target = min(2 * stream.window, self.policy.max_window)
-            change = max(0, min(target - stream.window, -over // 2))
+            change = -min(window - self.local_settings.initial_window, over, consumed)
+        elif self.rtt is not None and elapsed * window < GROWTH_RTTS * self.rtt * 2 * consumed:
+            # The condition, multiplied out: elapsed < GROWTH_RTTS * rtt * consumed / (window/2).
+            wanted = 2 * GROWTH_RTTS * self.rtt * consumed / elapsed if elapsed > 0 else math.inf
+            target = min(max(4 * window, wanted), MAX_GROWTH * window, self.policy.max_window)
+            change = max(0, min(round(target) - window, -over // 2))
         else:
             return 0
         stream.window += change

@@ -15,6 +15,7 @@ from fluidity.protocol import (
     WindowPolicy,
     WindowUpdate,
 )
+from fluidity.protocol.connection import MAX_GROWTH
 
 from .helpers import Link
 
@@ -53,7 +54,7 @@ def updates(link: Link) -> list[WindowUpdate]:
     return out
 
 
-def test_a_window_limited_stream_doubles_its_window() -> None:
+def test_a_window_limited_stream_quadruples_its_window() -> None:
     link = tuned()
     server = link.server
     move(link, 1, WINDOW)
@@ -61,19 +62,34 @@ def test_a_window_limited_stream_doubles_its_window() -> None:
     assert updates(link) == []
     server.acknowledge_received_data(1, WINDOW // 2 - 1, now=10.0 + RTT)
     # Half the window consumed within 2 RTT: the sender was held back by the window. It
-    # doubles to 8 KiB; the update carries the consumed credit plus the growth.
-    assert server.streams[1].window == 2 * WINDOW
-    assert updates(link) == [WindowUpdate(1, WINDOW // 2 + WINDOW)]
-    assert link.agent.send_window(1) == WINDOW // 2 + WINDOW
-    assert server.recv_committed == 4 * WINDOW  # streams 3 and 5 keep the initial one
+    # grows 4x to 16 KiB; the update carries the consumed credit plus the growth.
+    assert server.streams[1].window == 4 * WINDOW
+    assert updates(link) == [WindowUpdate(1, WINDOW // 2 + 3 * WINDOW)]
+    assert link.agent.send_window(1) == WINDOW // 2 + 3 * WINDOW
+    assert server.recv_committed == 6 * WINDOW  # streams 3 and 5 keep the initial one
 
 
 def test_the_first_half_window_ends_an_epoch_that_began_at_the_first_read() -> None:
     link = tuned()
     move(link, 1, WINDOW)
     link.server.acknowledge_received_data(1, CHUNK, now=5.0)
-    link.server.acknowledge_received_data(1, CHUNK, now=5.01)
-    assert link.server.streams[1].window == 2 * WINDOW
+    link.server.acknowledge_received_data(1, CHUNK, now=5.0 + 1.9 * RTT)
+    assert link.server.streams[1].window == 4 * WINDOW
+
+
+def test_an_epoch_much_shorter_than_the_rtt_jumps_toward_the_path() -> None:
+    # Half a window in a 20th of an RTT: the window that would take 2 RTT at that pace is 40x.
+    link = tuned()
+    move(link, 1, WINDOW)
+    link.server.acknowledge_received_data(1, 1, now=5.0)
+    link.server.acknowledge_received_data(1, WINDOW // 2 - 1, now=5.0 + RTT / 20)
+    assert link.server.streams[1].window == 40 * WINDOW
+    # ... but never more than MAX_GROWTH x in one epoch.
+    link = tuned(max_window=1 << 30)
+    move(link, 1, WINDOW)
+    link.server.acknowledge_received_data(1, 1, now=5.0)
+    link.server.acknowledge_received_data(1, WINDOW // 2 - 1, now=5.0 + RTT / 1000)
+    assert link.server.streams[1].window == MAX_GROWTH * WINDOW
 
 
 def test_a_slow_reader_does_not_grow_its_window() -> None:
