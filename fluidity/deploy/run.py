@@ -568,7 +568,8 @@ def write_agent_config(
 ) -> Path:
     """Write the agent's YAML config (mode 0600: it holds the API key) and check that the
     agent accepts it."""
-    from fluidity.config import AgentConfig, ConfigError, load_config
+    from fluidity.agent.settings import AgentConfig
+    from fluidity.settings import ConfigError, load_config
 
     directory = certs_dir.resolve()
     settings: dict[str, Any] = {
