@@ -20,10 +20,10 @@ from fluidity.tls import client_ssl_context
 from fluidity.tunnel import LinkConfig
 
 from .burst import BurstLog
-from .lifecycle import AuthError, Backoff, ControlPlane, ControlPlaneError
+from .lifecycle import AuthError, Backoff, ControlPlane, ControlPlaneError, Lifecycle
 from .proxy import Proxy, ProxySettings
 from .settings import AgentConfig
-from .tunnel_client import Lifecycle, TunnelClient
+from .tunnel_client import TunnelClient
 
 log = logging.getLogger("fluidity.agent")
 

@@ -21,8 +21,8 @@ from cryptography import x509
 from fluidity import certs
 from fluidity.deploy.aws import Aws, Target, aws_errors, error_code
 from fluidity.deploy.errors import DeployError
+from fluidity.deploy.schedule import ScheduleError, parse_schedule
 from fluidity.deploy.stacks import Confirm, Echo, Result, Stacks, StackSpec
-from fluidity.schedule import ScheduleError, parse_schedule
 
 #: The checkout holding cfn/ and lambda_src/ (the package is installed from it, editable).
 SOURCE_DIR = Path(__file__).resolve().parents[2]
