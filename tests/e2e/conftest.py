@@ -27,8 +27,9 @@ import pytest
 import trio
 
 import fluidity.localcloud.cloud as cloud_module
+from fluidity.deploy.bundle import CFN_DIR
 from fluidity.localcloud.cloud import CloudSettings, LocalCloud, run_local_cloud
-from fluidity.localcloud.template import CFN_DIR, ScheduleSpec, load_template, parameter_default
+from fluidity.localcloud.template import ScheduleSpec, load_template, parameter_default
 from fluidity.localcloud.up import start_agent, stop_process
 from tests.support.processes import SERVER_TEST_ENV
 
