@@ -352,11 +352,18 @@ class _SettingOption(_EnvOption):
             type=_RawBool() if flag else click.UNPROCESSED,
             multiple=s.multiple,
             envvar=s.env,
-            metavar=s.metavar,
+            metavar=s.metavar or _metavar(s),
             help=help,
             callback=_convert,
         )
         self.setting = s
+
+
+def _metavar(s: _Setting) -> str:
+    """What ``--help`` shows for the value, as click's own types would."""
+    if s.choices:
+        return "[" + "|".join(s.choices) + "]"
+    return {_Kind.INT: "INTEGER", _Kind.FLOAT: "FLOAT"}.get(s.kind, "TEXT")
 
 
 def _convert(ctx: click.Context, param: click.Parameter, raw: Any) -> Any:

@@ -507,6 +507,8 @@ def test_help_documents_every_setting(cls: type[attrs.AttrsInstance]) -> None:
         assert field.metadata["help"].replace("`", "").split(".")[0] in text
     assert "--config" in text
     assert "[default: 8080; env: FLUIDITY_LISTEN_PORT]" in text or cls is ServerConfig
+    assert "--listen-port INTEGER" in text
+    assert "--log-level [debug|info|warning|error]" in text
 
 
 def test_boolean_and_list_flags() -> None:
