@@ -169,11 +169,11 @@ def local_group() -> None:
 def local_up(port: int, state_dir: Path, time_scale: float, start_delay: float) -> None:
     """Start the local cloud (moto, API Gateway, scheduler and Fargate stand-ins) and an agent
     using it; Ctrl-C stops everything."""
-    from fluidity import local
+    from fluidity.localcloud import up
     from fluidity.localcloud.cloud import CloudSettings
 
     settings = CloudSettings(time_scale=time_scale, start_delay=start_delay)
-    raise SystemExit(local.run(state_dir, port, settings))
+    raise SystemExit(up.run(state_dir, port, settings))
 
 
 # -- AWS deployment (fluidity/deploy/) -----------------------------------------------------------

@@ -1,30 +1,13 @@
-"""Supervising our own child processes: their ready file, and stopping them politely."""
+"""Supervising our own child processes: stopping them politely.
+
+Their ready file (how they say they listen) is `fluidity.readyfile`.
+"""
 
 from __future__ import annotations
 
-import json
 import signal
-from pathlib import Path
-from typing import Any
 
 import trio
-
-#: How often a ready file another process will write is looked for.
-POLL_INTERVAL = 0.02
-
-
-async def wait_ready_file(path: Path, process: trio.Process) -> dict[str, Any] | None:
-    """The JSON `process` writes to `path` once it listens; None if it exits first.
-
-    Bound it at the call site. Another process writes the file, so polling is the only way.
-    """
-    ready = trio.Path(path)
-    while not await ready.exists():
-        if process.poll() is not None:
-            return None
-        await trio.sleep(POLL_INTERVAL)
-    info: dict[str, Any] = json.loads(await ready.read_text())
-    return info
 
 
 async def stop_process(process: trio.Process, grace: float) -> int:

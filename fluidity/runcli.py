@@ -1,38 +1,36 @@
-"""What both process CLIs do once click has parsed the flags: load, log, run, exit."""
+"""The command of each process (``fluidity-agent``, ``fluidity-server``): settings, then run.
+
+`fluidity.settings` builds the click command and loads the settings; what is left is the same
+for both processes: set up logging, run the app, exit with its status.
+"""
 
 from __future__ import annotations
 
-import gc
+import importlib
 import logging
-import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import click
 
-from fluidity.config import ConfigError, load_config, redacted
 from fluidity.logs import setup_logging
+from fluidity.settings import command, redacted
 
 
-def run_process(
-    cls: type[Any], config_path: str | None, flags: dict[str, object], run: Callable[[Any], int]
-) -> None:
-    """Load `cls` from file, environment and flags; exit 2 naming a bad setting; else run."""
-    try:
-        settings = load_config(cls, path=config_path, env=os.environ, flags=flags)
-    except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    setup_logging(settings.log_level, settings.log_format)
-    logging.getLogger("fluidity").debug("configuration", extra={"config": redacted(settings)})
-    # What exists now (modules, classes, configuration) lives as long as the process: keep it
-    # out of every later collection, so the collector's full passes stay short (they showed
-    # in the tail latency: GET p99 31 -> 22 ms in the bench).
-    gc.collect()
-    gc.freeze()
-    try:
-        code = run(settings)
-    except KeyboardInterrupt:
-        code = 130
-    sys.exit(code)
+def process_command(cls: type[Any], app: str, doc: str) -> click.Command:
+    """The command that loads `cls` and runs ``<app>.run(settings)``, exiting with its status.
+
+    A bad setting exits with status 2 and ``error: ...`` before anything starts.
+    """
+
+    def run(settings: Any) -> None:
+        setup_logging(settings.log_level, settings.log_format)
+        logging.getLogger("fluidity").debug("configuration", extra={"config": redacted(settings)})
+        module = importlib.import_module(app)  # it pulls in trio and the tunnel: import it late
+        try:
+            code = module.run(settings)
+        except KeyboardInterrupt:
+            code = 130
+        sys.exit(code)
+
+    return command(cls, run, doc)

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import click
+from fluidity.runcli import process_command
 
-from fluidity.config import AgentConfig, click_options
-from fluidity.runcli import run_process
+from .settings import AgentConfig
 
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click_options(AgentConfig)
-def main(config: str | None, **flags: object) -> None:
+main = process_command(
+    AgentConfig,
+    "fluidity.agent.app",
     """Run the Fluidity agent: a local HTTP proxy whose connections all go through one mutually
     authenticated TLS 1.3 link to the Fluidity server.
 
     Every option can also be set in the YAML file given by --config (key: the option name with
     underscores) or in the environment (FLUIDITY_<NAME>); flags win over the environment, which
     wins over the file. Certificates and keys are a file path or the PEM text itself.
-    """
-    from fluidity.agent.app import run  # the app pulls in trio and the tunnel: import it late
-
-    run_process(AgentConfig, config, flags, run)
+    """,
+)

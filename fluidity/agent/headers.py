@@ -7,9 +7,10 @@ and the request shapes it refuses because two parsers could read them differentl
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from urllib.parse import urlsplit
 
 import attrs
+
+from fluidity.httputil import HOP_BY_HOP, WEBSOCKET_HANDSHAKE, parse_absolute_url
 
 HeaderList = list[tuple[bytes, bytes]]
 
@@ -17,32 +18,8 @@ VIA = b"1.1 fluidity"
 #: The longest DNS name (RFC 1035); an IPv6 literal is shorter.
 MAX_HOST_LENGTH = 253
 
-#: Always connection-specific, whatever the Connection header says.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authorization",
-        b"proxy-authenticate",
-    }
-)
 #: Handled by the agent itself: it answers 100 Continue to the client.
 AGENT_HANDLED = frozenset({b"expect"})
-#: The WebSocket handshake is redone end to end by the server; these belong to one hop.
-WEBSOCKET_HANDSHAKE = frozenset(
-    {
-        b"sec-websocket-key",
-        b"sec-websocket-version",
-        b"sec-websocket-extensions",
-        b"sec-websocket-accept",
-        b"sec-websocket-protocol",
-    }
-)
 
 
 class BadRequest(Exception):
@@ -116,33 +93,25 @@ def has_body(headers: Sequence[tuple[bytes, bytes]]) -> bool:
 def parse_target(target: bytes, *, websocket: bool = False) -> Target:
     """Parse an absolute-form request target (http, https; ws/wss for WebSocket upgrades)."""
     try:
-        url = urlsplit(target.decode("ascii"))
-        port = url.port
+        url = parse_absolute_url(target.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
         raise BadRequest("the request target is not a valid absolute URL") from None
     schemes = {"http", "https", "ws", "wss"} if websocket else {"http", "https"}
     if url.scheme not in schemes:
         expected = ", ".join(sorted(schemes))
         raise BadRequest(f"unsupported scheme in the request target (expected {expected})")
-    if not url.hostname:
+    if not url.host:
         raise BadRequest("the request target has no host")
-    if url.username is not None or url.password is not None:
+    if url.credentials:
         raise BadRequest("credentials in the request URL are not forwarded")
     if url.fragment:
         raise BadRequest("a request target may not carry a fragment")
-    default = 443 if url.scheme in {"https", "wss"} else 80
-    path = url.path or "/"
-    query = f"?{url.query}" if url.query else ""
     scheme = url.scheme
     if websocket and scheme in {"http", "https"}:
         scheme = "ws" if scheme == "http" else "wss"
-    host = url.hostname
-    port = port or default
-    netloc = f"[{host}]" if ":" in host else host
-    if port != default:
-        netloc += f":{port}"
-    url_bytes = f"{scheme}://{netloc}{path}{query}".encode("ascii")
-    return Target(scheme, host, port, url_bytes, netloc.encode("ascii"))
+    authority = url.authority
+    url_bytes = f"{scheme}://{authority}{url.resource}".encode("ascii")
+    return Target(scheme, url.host, url.port, url_bytes, authority.encode("ascii"))
 
 
 def host_name(host: bytes) -> str | None:

@@ -2,7 +2,8 @@
 
 Transient failures (network errors, 429 throttling, 5xx) are retried with backoff; a refused
 key (401/403) is fatal with a message that says so. `wait_until_up` polls status and reports
-progress a person can follow while Fargate starts the task.
+progress a person can follow while Fargate starts the task. `Lifecycle` is how the tunnel
+client uses all this: whether to wake the server, and how long to wait for it.
 """
 
 from __future__ import annotations
@@ -157,3 +158,12 @@ class ControlPlane:
                 # Someone (the Sleep or Kill function) stopped it meanwhile: ask again.
                 await self.wake()
             await trio.sleep(poll_interval)
+
+
+@attrs.frozen
+class Lifecycle:
+    """How the tunnel client uses the control plane (disabled when the agent has no api_url)."""
+
+    control: ControlPlane
+    connection_timeout: float = 300.0
+    retry_interval: float = 5.0

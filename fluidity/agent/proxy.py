@@ -27,7 +27,6 @@ import attrs
 import h11
 import trio
 
-from fluidity.config import is_loopback
 from fluidity.protocol import (
     DEFAULT_MAX_DATA_SIZE,
     FRAME_ENVELOPE,
@@ -53,6 +52,7 @@ from fluidity.tunnel import (
 from . import headers as hdr
 from .burst import BurstLog
 from .headers import BadRequest
+from .settings import is_loopback
 from .tunnel_client import TunnelClient, TunnelUnavailable
 from .websocket import relay_websocket, websocket_accept_headers
 

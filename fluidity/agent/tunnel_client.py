@@ -11,28 +11,18 @@ import math
 import ssl
 import time
 
-import attrs
 import trio
 
 from fluidity.protocol import Role
 from fluidity.tunnel import Link, LinkClosed, LinkConfig, open_link
 
-from .lifecycle import AuthError, Backoff, ControlPlane, ControlPlaneError
+from .lifecycle import AuthError, Backoff, ControlPlaneError, Lifecycle
 
 log = logging.getLogger(__name__)
 
 
 class TunnelUnavailable(Exception):
     """No link to the server came up in time; the message says what the last attempt hit."""
-
-
-@attrs.frozen
-class Lifecycle:
-    """How the tunnel client uses the control plane (disabled when the agent has no api_url)."""
-
-    control: ControlPlane
-    connection_timeout: float = 300.0
-    retry_interval: float = 5.0
 
 
 class TunnelClient:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import importlib.util
 import ipaddress
 import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import attrs
@@ -20,12 +18,11 @@ from cryptography import x509
 
 from fluidity import certs
 from fluidity.deploy.aws import Aws, Target, aws_errors, error_code
+from fluidity.deploy.bundle import lambda_zip_bytes, template_text
 from fluidity.deploy.errors import DeployError
+from fluidity.deploy.schedule import ScheduleError, parse_schedule
 from fluidity.deploy.stacks import Confirm, Echo, Result, Stacks, StackSpec
-from fluidity.schedule import ScheduleError, parse_schedule
 
-#: The checkout holding cfn/ and lambda_src/ (the package is installed from it, editable).
-SOURCE_DIR = Path(__file__).resolve().parents[2]
 PREFIX = re.compile(r"[a-z][a-z0-9-]{0,29}")
 _CREATED_BY_TAG = "fluidity:created-by"
 #: Parameters the tool sets itself, from the prefix and what it uploaded.
@@ -88,7 +85,6 @@ class DeployOptions:
     create_bucket: bool = False
     #: Template parameters given by the user (options and --parameter), either stack.
     parameters: Mapping[str, str] = attrs.field(factory=dict)
-    source_dir: Path = SOURCE_DIR
     poll_interval: float = 5.0
 
 
@@ -107,7 +103,7 @@ class Deployed:
 def deploy(options: DeployOptions, echo: Echo, confirm: Confirm) -> Deployed:
     """Deploy (or update) everything and write the agent's config; see the package docs."""
     names = options.names
-    fargate_template, lambda_template = _templates(options.source_dir)
+    fargate_template, lambda_template = template_text("fargate.yaml"), template_text("lambda.yaml")
     fargate_keys = _parameter_keys(fargate_template)
     lambda_keys = _parameter_keys(lambda_template)
     unknown = sorted(set(options.parameters) - fargate_keys - lambda_keys)
@@ -148,7 +144,7 @@ def deploy(options: DeployOptions, echo: Echo, confirm: Confirm) -> Deployed:
 
     bucket = options.bucket or names.default_bucket(account, aws.region)
     _ensure_bucket(aws, bucket, create=options.create_bucket, names=names, echo=echo)
-    code_key = _upload_code(aws, bucket, names, options.source_dir, echo)
+    code_key = _upload_code(aws, bucket, names, echo)
     secret_arn = _store_secret(aws, names, tls.secret_value(), echo)
 
     fargate_params = _merge(
@@ -348,17 +344,6 @@ def _server_name(names: Sequence[str], wanted: str | None) -> str:
 # -- inputs -----------------------------------------------------------------------------------
 
 
-def _templates(source_dir: Path) -> tuple[str, str]:
-    paths = [source_dir / "cfn" / "fargate.yaml", source_dir / "cfn" / "lambda.yaml"]
-    for path in paths:
-        if not path.is_file():
-            raise DeployError(
-                f"{path} not found: run fluidity deploy from a checkout of the project "
-                "(pip install -e .)"
-            )
-    return paths[0].read_text(), paths[1].read_text()
-
-
 def _parameter_keys(template: str) -> set[str]:
     """The Parameters of a template (read without CloudFormation's tags: only keys matter)."""
     match = re.search(r"^Parameters:\n((?:[ #].*\n|\n)*)", template, re.MULTILINE)
@@ -463,28 +448,11 @@ def _bucket_created_by(aws: Aws, bucket: str) -> str | None:
     return next((t["Value"] for t in tags if t["Key"] == _CREATED_BY_TAG), None)
 
 
-def _load_build_zip(source_dir: Path) -> ModuleType:
-    path = source_dir / "lambda_src" / "build_zip.py"
-    spec = importlib.util.spec_from_file_location("fluidity_build_zip", path)
-    if spec is None or spec.loader is None or not path.is_file():
-        raise DeployError(f"{path} not found: run fluidity deploy from a checkout")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def build_lambda_zip(source_dir: Path) -> bytes:
-    """The control-plane zip, built reproducibly by lambda_src/build_zip.py."""
-    module = _load_build_zip(source_dir)
-    data: bytes = module.zip_bytes(source_dir / "lambda_src")
-    return data
-
-
-def _upload_code(aws: Aws, bucket: str, names: Names, source_dir: Path, echo: Echo) -> str:
+def _upload_code(aws: Aws, bucket: str, names: Names, echo: Echo) -> str:
     """Upload the zip under its digest (a new digest is what updates the functions)."""
     from botocore.exceptions import ClientError
 
-    data = build_lambda_zip(source_dir)
+    data = lambda_zip_bytes()
     digest = hashlib.sha256(data).hexdigest()
     key = f"{names.code_prefix}lambda-{digest[:16]}.zip"
     s3 = aws.client("s3")
@@ -568,7 +536,8 @@ def write_agent_config(
 ) -> Path:
     """Write the agent's YAML config (mode 0600: it holds the API key) and check that the
     agent accepts it."""
-    from fluidity.config import AgentConfig, ConfigError, load_config
+    from fluidity.agent.settings import AgentConfig
+    from fluidity.settings import ConfigError, load_config
 
     directory = certs_dir.resolve()
     settings: dict[str, Any] = {

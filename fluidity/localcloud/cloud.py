@@ -20,13 +20,14 @@ import attrs
 import trio
 
 from fluidity import certs
+from fluidity.deploy.bundle import CFN_DIR
 
 from .apigateway import ApiGateway
 from .aws import LocalAws
 from .fargate import FargateStandIn
 from .lambdas import build_zip, load_handlers
 from .scheduler import SchedulerStandIn
-from .template import CFN_DIR, load_template, parameter_default, schedules
+from .template import load_template, parameter_default, schedules
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Build the Lambda zip from `lambda_src/` and load its handlers from the zip itself.
+"""Build the Lambda zip (`fluidity.deploy.bundle`) and load its handlers from the zip itself.
 
 Loading from the zip (not the source tree) is the point: the local cloud then runs exactly
 what would be uploaded, and a module missing from the zip fails here as it would on AWS.
@@ -7,34 +7,22 @@ what would be uploaded, and a module missing from the zip fails here as it would
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fluidity.deploy.bundle import build_lambda_zip
+
 Handler = Callable[[dict[str, Any], Any], Any]
 
 PACKAGE = "fluidity_lambda"
 HANDLERS = ("wake", "status", "sleep", "kill")
-#: lambda_src/ of the checkout this package was installed from (editable installs, nox).
-LAMBDA_SRC = Path(__file__).resolve().parents[2] / "lambda_src"
 
 
-def build_zip(out: Path, source: Path = LAMBDA_SRC) -> Path:
-    """Build the reproducible zip with `lambda_src/build_zip.py`; returns its path."""
-    script = source / "build_zip.py"
-    if not script.exists():
-        raise FileNotFoundError(
-            f"{script} not found: the local cloud runs from a checkout of the repository"
-        )
-    spec = importlib.util.spec_from_file_location("fluidity_build_zip", script)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.build(out, source)
-    return out
+def build_zip(out: Path) -> Path:
+    """Build the reproducible zip (lambda_src/build_zip.py) at `out`; returns `out`."""
+    return build_lambda_zip(out)
 
 
 def load_handlers(zip_path: Path) -> dict[str, Handler]:

@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import trio
 
-from fluidity.schedule import Rate, parse_schedule
+from fluidity.deploy.schedule import Rate, parse_schedule
 
 from .template import ScheduleSpec
 

@@ -6,13 +6,11 @@ as small objects, and helpers that resolve a `!Ref` to a parameter's default.
 
 from __future__ import annotations
 
-from pathlib import Path
+from importlib.resources.abc import Traversable
 from typing import Any
 
 import attrs
 import yaml
-
-CFN_DIR = Path(__file__).resolve().parents[2] / "cfn"
 
 
 @attrs.frozen
@@ -42,8 +40,8 @@ def _construct(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Tag:
 _Loader.add_multi_constructor("!", _construct)
 
 
-def load_template(path: Path) -> dict[str, Any]:
-    with open(path) as f:
+def load_template(path: Traversable) -> dict[str, Any]:
+    with path.open(encoding="utf-8") as f:
         data = yaml.load(f, Loader=_Loader)  # a SafeLoader subclass
     if not isinstance(data, dict):
         raise ValueError(f"{path} is not a CloudFormation template")

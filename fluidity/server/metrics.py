@@ -34,9 +34,10 @@ from typing import Any, NoReturn
 import attrs
 import trio
 
-from fluidity.config import ConfigError, ServerConfig
+from fluidity.settings import ConfigError
 
 from .activity import ActivitySnapshot, ActivityTracker
+from .settings import ServerConfig
 
 __all__ = [
     "ACTIVE_CONNECTIONS",

@@ -17,14 +17,13 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Iterable
-from urllib.parse import urlsplit
 
-import attrs
 import h11
 import trio
 import trio_websocket
 from wsproto.frame_protocol import CloseReason
 
+from fluidity.httputil import HOP_BY_HOP, WEBSOCKET_HANDSHAKE, AbsoluteURL, parse_absolute_url
 from fluidity.protocol import Headers, WebSocketAck, WebSocketClose, WebSocketOpen
 from fluidity.tunnel import FrameTooLarge, LinkClosed, StreamReset, TunnelStream
 
@@ -40,62 +39,26 @@ DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
 CLOSE_TIMEOUT = 5.0
 
 #: Headers trio-websocket writes itself, or that belong to a single hop.
-_HANDSHAKE_HEADERS = frozenset(
-    {
-        b"host",
-        b"connection",
-        b"upgrade",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"content-length",
-        b"sec-websocket-key",
-        b"sec-websocket-version",
-        b"sec-websocket-protocol",
-        b"sec-websocket-extensions",
-        b"sec-websocket-accept",
-    }
-)
+_HANDSHAKE_HEADERS = HOP_BY_HOP | WEBSOCKET_HANDSHAKE | {b"host", b"content-length"}
 
 
 def _end_to_end(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     return [(bytes(n), bytes(v)) for n, v in headers if bytes(n).lower() not in _HANDSHAKE_HEADERS]
 
 
-@attrs.frozen
-class WebSocketTarget:
-    secure: bool
-    host: str
-    port: int
-    #: The Host header: host[:port], IPv6 in brackets.
-    authority: str
-    #: Path and query.
-    resource: str
-
-
-def parse_url(url: str) -> WebSocketTarget:
+def parse_url(url: str) -> AbsoluteURL:
     """Parse ws:// or wss:// (http/https are accepted as their WebSocket twins)."""
     try:
-        parts = urlsplit(url)
-        port = parts.port
+        target = parse_absolute_url(url)
     except ValueError:
         raise UpstreamError(400, "the WebSocket URL is not valid") from None
-    if parts.scheme not in ("ws", "wss", "http", "https") or not parts.hostname:
+    if target.scheme not in ("ws", "wss", "http", "https") or not target.host:
         raise UpstreamError(400, "the WebSocket URL must be absolute ws:// or wss://")
-    secure = parts.scheme in ("wss", "https")
-    default = 443 if secure else 80
-    host = parts.hostname
-    authority = f"[{host}]" if ":" in host else host
-    if port is not None and port != default:
-        authority += f":{port}"
-    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return WebSocketTarget(secure, host, port or default, authority, resource)
+    return target
 
 
 async def _open_transport(
-    target: WebSocketTarget,
+    target: AbsoluteURL,
     *,
     policy: EgressPolicy,
     connect_timeout: float,

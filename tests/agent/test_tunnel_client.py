@@ -17,8 +17,8 @@ import pytest
 import trio
 import trustme
 
-from fluidity.agent.lifecycle import AuthError, ControlPlane, ControlPlaneError
-from fluidity.agent.tunnel_client import Lifecycle, TunnelClient
+from fluidity.agent.lifecycle import AuthError, ControlPlane, ControlPlaneError, Lifecycle
+from fluidity.agent.tunnel_client import TunnelClient
 from fluidity.localcloud.apigateway import ApiGateway
 from fluidity.protocol import ConnectAck, Role
 from fluidity.tunnel import Link, LinkConfig, TunnelStream, open_link

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import attrs
-import click
 import pytest
 from click.testing import CliRunner
 
-from fluidity.config import (
-    AgentConfig,
-    ConfigError,
-    ServerConfig,
-    StaticHosts,
-    click_options,
-    is_loopback,
-    load_config,
-    redacted,
-)
+from fluidity.agent.settings import AgentConfig, is_loopback
+from fluidity.server.settings import ServerConfig, StaticHosts
+from fluidity.settings import ConfigError, command, load_config, redacted
 
 WriteYaml = Callable[[object], str]
 
@@ -215,6 +208,9 @@ class Toy:
 
     verbose: bool = attrs.field(default=False, metadata={"help": "Talk more."})
     names: tuple[str, ...] = attrs.field(default=(), metadata={"help": "Some names."})
+
+    def check(self) -> None:
+        """No checks across these settings."""
 
 
 @pytest.mark.parametrize(
@@ -464,31 +460,26 @@ def test_redacted_server_is_plain_data(server_certs: dict[str, str]) -> None:
     assert out["static_hosts"] == {}
 
 
-# -- click options --------------------------------------------------------------------------
+# -- the command ----------------------------------------------------------------------------
 
 
-def capture(cls: type[attrs.AttrsInstance], args: list[str]) -> dict[str, object]:
-    """The keyword arguments click passes to a command decorated with `click_options(cls)`."""
-    seen: dict[str, object] = {}
-
-    @click.command()
-    @click_options(cls)
-    def command(**kwargs: object) -> None:
-        seen.update(kwargs)
-
-    result = CliRunner().invoke(command, args)
+def capture(cls: type[Any], args: list[str], env: Mapping[str, str] | None = None) -> Any:
+    """The settings `command(cls)` loads from `args` and `env` (and hands to its `run`)."""
+    result = CliRunner().invoke(
+        command(cls, lambda config: config, ""), args, obj=env or {}, standalone_mode=False
+    )
     assert result.exit_code == 0, result.output
-    return seen
+    return result.return_value
 
 
-def test_unset_flags_are_none() -> None:
-    seen = capture(ServerConfig, [])
-    assert set(seen) == {f.name for f in attrs.fields(ServerConfig)} | {"config"}
-    assert all(v is None for v in seen.values())
+def test_unset_flags_change_nothing(server_certs: dict[str, str]) -> None:
+    env = {"FLUIDITY_" + key.upper(): value for key, value in server_certs.items()}
+    assert capture(ServerConfig, [], env) == load_server(flags=server_certs)
 
 
-def test_flags_reach_the_loader(server_certs: dict[str, str]) -> None:
-    seen = capture(
+def test_flags_reach_the_loader(server_certs: dict[str, str], write_yaml: WriteYaml) -> None:
+    path = write_yaml({**server_certs, "listen_port": 9000, "log_format": "text"})
+    config = capture(
         ServerConfig,
         [
             "--listen-port", "9001",
@@ -496,39 +487,32 @@ def test_flags_reach_the_loader(server_certs: dict[str, str]) -> None:
             "--egress-allow", "10.9.0.0/16,10.8.0.0/16",
             "--static-hosts", "a=192.0.2.1",
             "--log-format", "json",
-            "--config", "some.yaml",
+            "--config", path,
         ],
     )  # fmt: skip
-    assert seen["config"] == "some.yaml"
-    flags = {k: v for k, v in seen.items() if k != "config"}
-    config = load_server(flags={**flags, **server_certs})
     assert config.listen_port == 9001
     assert config.egress_allow == ("10.0.0.0/8", "10.9.0.0/16", "10.8.0.0/16")
     assert config.static_hosts == {"a": "192.0.2.1"}
     assert config.log_format == "json"
+    assert config.server_cert == server_certs["server_cert"]
 
 
 @pytest.mark.parametrize("cls", [AgentConfig, ServerConfig])
 def test_help_documents_every_setting(cls: type[attrs.AttrsInstance]) -> None:
-    @click.command()
-    @click_options(cls)
-    def command(**kwargs: object) -> None:
-        pass
-
-    result = CliRunner().invoke(command, ["--help"], terminal_width=200)
+    result = CliRunner().invoke(command(cls, print, ""), ["--help"], terminal_width=200)
     text = " ".join(result.output.split())
     for field in attrs.fields(cls):
         assert "--" + field.name.replace("_", "-") in text
         assert "FLUIDITY_" + field.name.upper() in text
-        assert field.metadata["help"].split(".")[0] in text
+        assert field.metadata["help"].replace("`", "").split(".")[0] in text
     assert "--config" in text
     assert "[default: 8080; env: FLUIDITY_LISTEN_PORT]" in text or cls is ServerConfig
+    assert "--listen-port INTEGER" in text
+    assert "--log-level [debug|info|warning|error]" in text
 
 
 def test_boolean_and_list_flags() -> None:
-    assert capture(Toy, []) == {"config": None, "verbose": None, "names": None}
-    seen = capture(Toy, ["--no-verbose", "--names", "a,b", "--names", "c"])
-    config = load_config(
-        Toy, path=None, env={}, flags={k: v for k, v in seen.items() if k != "config"}
-    )
+    assert capture(Toy, []) == Toy()
+    config = capture(Toy, ["--no-verbose", "--names", "a,b", "--names", "c"], {})
     assert config == Toy(verbose=False, names=("a", "b", "c"))
+    assert capture(Toy, ["--verbose"]) == Toy(verbose=True)

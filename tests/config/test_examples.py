@@ -9,8 +9,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from fluidity.agent.settings import AgentConfig
 from fluidity.cli import main as fluidity
-from fluidity.config import AgentConfig, ConfigError, ServerConfig, load_config
+from fluidity.server.settings import ServerConfig
+from fluidity.settings import ConfigError, label, load_config, reference
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = [
@@ -63,3 +65,5 @@ def test_configuration_doc_covers_every_setting(cls: type[attrs.AttrsInstance]) 
         assert f"`{field.name}`" in doc, field.name
         assert f"`FLUIDITY_{field.name.upper()}`" in doc, field.name
         assert "`--" + field.name.replace("_", "-") + "`" in doc, field.name
+    table = reference(cls)
+    assert table in doc, f"docs/configuration.md: replace the {label(cls)} table with\n{table}"

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fluidity.config import AgentConfig, load_config
+from fluidity.agent.settings import AgentConfig
+from fluidity.settings import load_config
 from tests.deploy.conftest import (
     ACCOUNT,
     REGION,

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from fluidity.config import AgentConfig, load_config
+from fluidity.agent.settings import AgentConfig
+from fluidity.settings import load_config
 from tests.deploy.conftest import REPO, Emulator, Fluidity, stack_outputs
 
 DOC = REPO / "docs" / "deployment.md"

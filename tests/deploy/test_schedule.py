@@ -1,4 +1,4 @@
-"""fluidity.schedule: EventBridge Scheduler's rate() and cron() rules, and fire times."""
+"""fluidity.deploy.schedule: EventBridge Scheduler's rate() and cron() rules, and fire times."""
 
 from __future__ import annotations
 
@@ -6,7 +6,14 @@ import datetime as dt
 
 import pytest
 
-from fluidity.schedule import Cron, Rate, ScheduleError, parse_cron, parse_rate, parse_schedule
+from fluidity.deploy.schedule import (
+    Cron,
+    Rate,
+    ScheduleError,
+    parse_cron,
+    parse_rate,
+    parse_schedule,
+)
 
 T = dt.datetime
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from fluidity.schedule import parse_cron, parse_rate, parse_schedule
+from fluidity.deploy.schedule import parse_cron, parse_rate, parse_schedule
 from fluidity.server.egress import EgressPolicy
 
 CFN = Path(__file__).resolve().parents[2] / "cfn"

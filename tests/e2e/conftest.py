@@ -27,9 +27,10 @@ import pytest
 import trio
 
 import fluidity.localcloud.cloud as cloud_module
-from fluidity.local import start_agent, stop_process
+from fluidity.deploy.bundle import CFN_DIR
 from fluidity.localcloud.cloud import CloudSettings, LocalCloud, run_local_cloud
-from fluidity.localcloud.template import CFN_DIR, ScheduleSpec, load_template, parameter_default
+from fluidity.localcloud.template import ScheduleSpec, load_template, parameter_default
+from fluidity.localcloud.up import start_agent, stop_process
 from tests.support.processes import SERVER_TEST_ENV
 
 #: What every test's cloud uses unless its `cloud` marker says otherwise. At time scale 60 a
@@ -133,8 +134,9 @@ class Agent:
 
 @asynccontextmanager
 async def running_agent(cloud: LocalCloud, *extra: str) -> AsyncIterator[Agent]:
-    """The agent as `fluidity local up` starts it (`fluidity.local.start_agent`: its output is
-    printed with an [agent] prefix, shown for a failed test); SIGTERM when the block ends."""
+    """The agent as `fluidity local up` starts it (`fluidity.localcloud.up.start_agent`: its
+    output is printed with an [agent] prefix, shown for a failed test); SIGTERM when the block
+    ends."""
     async with trio.open_nursery() as nursery:
         process, port = await start_agent(nursery, cloud, 0, list(extra))
         try:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from fluidity.local import stop_process
 from fluidity.localcloud.cloud import LocalCloud
 from fluidity.localcloud.scheduler import Firing
+from fluidity.localcloud.up import stop_process
 from tests.support.curl import curl
 from tests.support.origins import http_origin, make_tls, pattern_sha256, websocket_origin
 from tests.support.wsclient import ProxiedWebSocket, proxied_websocket

@@ -23,7 +23,6 @@ import boto3
 import pytest
 import trio
 
-from fluidity.config import ServerConfig
 from fluidity.logs import extra_fields
 from fluidity.server.activity import ActivitySnapshot, ActivityTracker
 from fluidity.server.metrics import (
@@ -38,6 +37,7 @@ from fluidity.server.metrics import (
     make_client,
     retry_delay,
 )
+from fluidity.server.settings import ServerConfig
 from tests.support.motoserver import moto_server
 from tests.support.processes import make_pki, server_args
 

@@ -17,7 +17,8 @@ from typing import Any
 import attrs
 import trio
 
-from fluidity.processes import stop_process, wait_ready_file
+from fluidity.processes import stop_process
+from fluidity.readyfile import wait_ready_file
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0

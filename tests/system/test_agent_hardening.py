@@ -14,7 +14,8 @@ from pathlib import Path
 import attrs
 import trio
 
-from fluidity.processes import stop_process, wait_ready_file
+from fluidity.processes import stop_process
+from fluidity.readyfile import wait_ready_file
 from tests.support.curl import curl
 from tests.support.origins import (
     http_origin,

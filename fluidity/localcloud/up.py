@@ -17,7 +17,7 @@ import trio
 
 from fluidity import processes
 from fluidity.localcloud.cloud import CloudSettings, LocalCloud, describe, run_local_cloud
-from fluidity.processes import wait_ready_file
+from fluidity.readyfile import wait_ready_file
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0

@@ -1,0 +1,89 @@
+"""HTTP facts both processes need: absolute URLs and which headers belong to one hop.
+
+The agent parses its clients' absolute-form targets, the server the WebSocket URLs the agent
+sends; both through `parse_absolute_url`, each with its own errors. The server's plain HTTP
+requests keep their own byte-level split (`server/upstream_http.py`), which sends the target
+exactly as written.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import attrs
+
+__all__ = [
+    "DEFAULT_PORTS",
+    "HOP_BY_HOP",
+    "WEBSOCKET_HANDSHAKE",
+    "AbsoluteURL",
+    "parse_absolute_url",
+]
+
+#: Always connection-specific, whatever the Connection header says (RFC 9110 section 7.6.1).
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+    }
+)
+#: The WebSocket handshake is redone end to end by the server; these belong to one hop.
+WEBSOCKET_HANDSHAKE = frozenset(
+    {
+        b"sec-websocket-key",
+        b"sec-websocket-version",
+        b"sec-websocket-extensions",
+        b"sec-websocket-accept",
+        b"sec-websocket-protocol",
+    }
+)
+
+DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+
+
+@attrs.frozen
+class AbsoluteURL:
+    """An absolute URL taken apart; the caller decides which schemes and parts it accepts."""
+
+    scheme: str
+    #: Lower case; an IPv6 address without brackets; empty if the URL has none.
+    host: str
+    #: The scheme's default when the URL gives none.
+    port: int
+    #: Path and query, "/" for an empty path.
+    resource: str
+    credentials: bool
+    fragment: bool
+
+    @property
+    def secure(self) -> bool:
+        return self.scheme in ("https", "wss")
+
+    @property
+    def authority(self) -> str:
+        """host[:port] as a Host header says it: IPv6 in brackets, no default port."""
+        netloc = f"[{self.host}]" if ":" in self.host else self.host
+        if self.port != DEFAULT_PORTS.get(self.scheme):
+            netloc += f":{self.port}"
+        return netloc
+
+
+def parse_absolute_url(text: str) -> AbsoluteURL:
+    """Take `text` apart; ValueError if it cannot be (a bad port, a bad IPv6 literal)."""
+    parts = urlsplit(text)
+    port = parts.port
+    return AbsoluteURL(
+        scheme=parts.scheme,
+        host=parts.hostname or "",
+        port=port if port is not None else DEFAULT_PORTS.get(parts.scheme, 0),
+        resource=(parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+        credentials=parts.username is not None or parts.password is not None,
+        fragment=bool(parts.fragment),
+    )
