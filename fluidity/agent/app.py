@@ -21,6 +21,7 @@ from fluidity.tunnel import LinkConfig
 
 from .burst import BurstLog
 from .lifecycle import AuthError, Backoff, ControlPlane, ControlPlaneError, Lifecycle
+from .metrics import AgentMetrics
 from .proxy import Proxy, ProxySettings
 from .settings import AgentConfig
 from .tunnel_client import TunnelClient
@@ -72,6 +73,7 @@ async def serve(
     request_wait = config.request_wait_timeout
     if lifecycle is not None:
         request_wait = max(request_wait, config.connection_timeout)
+    metrics = AgentMetrics(access_log=config.access_log)
     tunnel = TunnelClient(
         config.server_host,
         config.server_port,
@@ -86,6 +88,7 @@ async def serve(
         connect_timeout=config.connect_timeout,
         backoff=Backoff(config.reconnect_min_delay, config.reconnect_max_delay),
         lifecycle=lifecycle,
+        metrics=metrics,
     )
     proxy = Proxy(
         tunnel,
@@ -99,7 +102,9 @@ async def serve(
             healthz_hosts=frozenset(config.healthz_hosts),
         ),
         health=lambda: health(tunnel, proxy),
+        metrics=metrics,
     )
+    metrics.watch(tunnel, proxy)
     try:
         await _serve(config, tunnel, proxy, task_status)
     except* AuthError:

@@ -52,6 +52,7 @@ from fluidity.tunnel import (
 from . import headers as hdr
 from .burst import BurstLog
 from .headers import BadRequest
+from .metrics import AgentMetrics
 from .settings import is_loopback
 from .tunnel_client import TunnelClient, TunnelUnavailable
 from .websocket import relay_websocket, websocket_accept_headers
@@ -95,7 +96,7 @@ class ProxySettings:
     half_closed_timeout: float = 60.0
     #: Most client connections at once (max_client_connections, or less if fds are short).
     max_connections: int = 512
-    #: Host names /healthz answers to besides loopback ones (lower case, no port).
+    #: Host names /healthz and /metrics answer to besides loopback ones (lower case, no port).
     healthz_hosts: frozenset[str] = frozenset()
 
 
@@ -154,10 +155,12 @@ class Proxy:
         tunnel: TunnelClient,
         settings: ProxySettings,
         health: Callable[[], tuple[int, dict[str, Any]]],
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.tunnel = tunnel
         self.settings = settings
         self.health = health
+        self.metrics = metrics if metrics is not None else tunnel.metrics
         self.connections: set[ClientConnection] = set()
         #: Connections waiting for their next request, oldest first (a dict keeps order).
         self.idle_connections: dict[ClientConnection, None] = {}
@@ -312,6 +315,13 @@ class ClientConnection:
         self.auth_failures = 0
         #: Bytes read from the client for HTTP (not tunnels): logged instead of the bytes.
         self.received = 0
+        # The request being served, for the metrics and the access log: its kind (None for
+        # the agent's own pages), the status answered, its stream, and whether a tunnel or
+        # relay broke after it was accepted.
+        self.kind: str | None = None
+        self.status: int | None = None
+        self.stream: TunnelStream | None = None
+        self.cut = False
 
     def peer(self) -> str:
         """The client's address, for logs."""
@@ -381,6 +391,7 @@ class ClientConnection:
         ]
         if close or status >= 500 or self.proxy.shutting_down:
             headers.append((b"connection", b"close"))
+        self.status = status
         await self._send(h11.Response(status_code=status, headers=headers, reason=_phrase(status)))
         await self._send(h11.Data(data=body))
         await self._send(h11.EndOfMessage())
@@ -411,10 +422,26 @@ class ClientConnection:
                 )
                 return
             self.proxy._request_started()
+            metrics = self.proxy.metrics
+            started = trio.current_time() if metrics.access.enabled else 0.0
+            self.status = self.stream = None
+            self.cut = False
+            failed = True
             try:
                 keep_alive = await self._handle(request)
+                failed = False
             finally:
                 self.proxy._request_ended()
+                metrics.exchange_done(
+                    self.kind,
+                    request.method,
+                    request.target,
+                    self.status,
+                    self.stream,
+                    failed or self.cut,
+                    started,
+                    self.peer,
+                )
             if not keep_alive or self.h11.our_state is not h11.DONE:
                 return
             if self.h11.their_state is h11.SEND_BODY:
@@ -505,6 +532,10 @@ class ClientConnection:
     async def _handle(self, request: h11.Request) -> bool:
         """Serve one request; True if the connection may be kept alive."""
         headers = list(request.headers)  # once: h11's Headers iterate slowly, by index
+        if request.method == b"CONNECT":
+            self.kind = "connect"
+        else:
+            self.kind = None if request.target.startswith(b"/") else "http"
         expected = self.proxy._auth
         if expected is not None:
             problem = _auth_problem(hdr.get(headers, b"proxy-authorization"), expected)
@@ -519,6 +550,7 @@ class ClientConnection:
                 return True
             hdr.check_framing(headers)
             if hdr.is_websocket_upgrade(headers):
+                self.kind = "websocket"
                 await self._websocket(request, headers)
                 return False
             await self._forward(request, headers)
@@ -565,14 +597,20 @@ class ClientConnection:
 
     async def _local(self, request: h11.Request, headers: hdr.HeaderList) -> None:
         path = request.target.split(b"?", 1)[0]
-        if path == b"/healthz" and request.method in {b"GET", b"HEAD"}:
+        if path in {b"/healthz", b"/metrics"} and request.method in {b"GET", b"HEAD"}:
             if not self.proxy.healthz_allowed(hdr.get(headers, b"host")):
                 await self._send_simple(
                     421,
-                    "/healthz answers only to a loopback Host (127.0.0.1, [::1], localhost, "
-                    "with or without a port) or one listed in healthz_hosts: a page that got "
-                    "its own name to resolve to this address must not read it (DNS rebinding)",
+                    f"{path.decode()} answers only to a loopback Host (127.0.0.1, [::1], "
+                    "localhost, with or without a port) or one listed in healthz_hosts: a page "
+                    "that got its own name to resolve to this address must not read it (DNS "
+                    "rebinding)",
                 )
+                return
+            if path == b"/metrics":
+                accept = b", ".join(hdr.get(headers, b"accept")).decode("latin-1")
+                text, content_type = self.proxy.metrics.render(accept)
+                await self._send_simple(200, text.decode(), content_type=content_type.encode())
                 return
             status, body = self.proxy.health()
             await self._send_simple(
@@ -583,7 +621,7 @@ class ClientConnection:
             400,
             "This is Fluidity's HTTP proxy, not a web server. Configure it as your HTTP and "
             "HTTPS proxy (for example `curl -x http://127.0.0.1:8080 https://example.com`); "
-            "GET /healthz shows the tunnel's state.",
+            "GET /healthz shows the tunnel's state, GET /metrics its Prometheus metrics.",
         )
 
     # -- plain HTTP -----------------------------------------------------------------------
@@ -591,7 +629,8 @@ class ClientConnection:
     async def _open(self, head: Opening) -> TunnelStream:
         link = await self.proxy.link()
         try:
-            return await link.open_stream(head)
+            self.stream = await link.open_stream(head)
+            return self.stream
         except LinkClosed as exc:
             raise TunnelUnavailable(f"tunnel to the server is unavailable ({exc})") from exc
         except FrameTooLarge as exc:
@@ -628,6 +667,7 @@ class ClientConnection:
         out in one write, later bytes as they arrive."""
         reply = await stream.wait_reply()
         assert isinstance(reply, Response)
+        self.status = reply.status
         pending = [
             self._encode(
                 h11.Response(
@@ -714,6 +754,7 @@ class ClientConnection:
             ack = await self._accepted(stream, ConnectAck)
             if ack is None:
                 return
+            self.status = 200
             await self._send(
                 h11.Response(status_code=200, headers=[], reason=b"Connection Established")
             )
@@ -725,7 +766,7 @@ class ClientConnection:
                 quiet = await self._relay_bytes(stream)
             except* (LinkClosed, StreamReset) as group:  # the relay's nursery wraps them
                 # The client must see a failure, not the clean end of a shorter stream.
-                self.abort = True
+                self.abort = self.cut = True
                 log.info("tunnel to %s:%d failed: %s", host, port, group.exceptions[0])
             if quiet is not None:
                 stream.reset(ErrorCode.CANCEL, f"tunnel closed by the agent: {quiet}")
@@ -791,6 +832,7 @@ class ClientConnection:
             if ws_ack is None:
                 return
             subprotocol = ws_ack.subprotocol
+            self.status = 101
             await self._send(
                 h11.InformationalResponse(
                     status_code=101,
@@ -802,6 +844,7 @@ class ClientConnection:
             try:
                 await relay_websocket(self.client, stream, trailing, self._send_lock)
             except* (TunnelError, trio.BrokenResourceError, trio.ClosedResourceError) as group:
+                self.cut = True
                 log.info("WebSocket relay ended: %s", group.exceptions[0])
 
 

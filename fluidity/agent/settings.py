@@ -237,6 +237,11 @@ class AgentConfig:
         "Log format: text for people, json (one object per line) for collectors.",
         choices=LOG_FORMATS,
     )
+    access_log: bool = setting(
+        False,
+        "Log a line at info per proxied request or tunnel (host, method, status, bytes each "
+        "way, duration, stream id; never the path, query string or credentials).",
+    )
 
     def check(self) -> None:
         """Checks across settings."""

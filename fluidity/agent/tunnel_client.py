@@ -17,6 +17,7 @@ from fluidity.protocol import Role
 from fluidity.tunnel import Link, LinkClosed, LinkConfig, open_link
 
 from .lifecycle import AuthError, Backoff, ControlPlaneError, Lifecycle
+from .metrics import AgentMetrics
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class TunnelClient:
         connect_timeout: float = 10.0,
         backoff: Backoff | None = None,
         lifecycle: Lifecycle | None = None,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -53,6 +55,7 @@ class TunnelClient:
         self.connects = 0
         self.connected_since: float | None = None
         self.lifecycle = lifecycle
+        self.metrics = metrics if metrics is not None else AgentMetrics()
         self._changed = trio.Event()
         self._demand = trio.Event()
         self._stopping = False
@@ -149,14 +152,20 @@ class TunnelClient:
                 self.last_error = None
                 log.info("tunnel up: %s (%s)", where, link.peer_name or "server")
                 self._set("up", link)
-                await link.wait_closed()
+                self.metrics.link_up(link)
+                try:
+                    await link.wait_closed()
+                finally:
+                    self.metrics.link_down(link)
                 self.last_error = str(link.error) if link.error else None
                 log.warning("tunnel down: %s", self.last_error or "closed")
                 return True
-        except trio.TooSlowError:
+        except trio.TooSlowError as exc:
             self.last_error = f"connecting to {where} timed out after {self.connect_timeout} s"
+            self.metrics.handshake_failed(exc)
         except (OSError, trio.BrokenResourceError, LinkClosed) as exc:
             self.last_error = f"{where}: {_describe(exc)}"
+            self.metrics.handshake_failed(exc)
         finally:
             self.connected_since = None
         return False
@@ -183,6 +192,7 @@ class TunnelClient:
                 self.port = status.port or self.port
                 log.info("server is up at %s:%d after %.0f s", self.host, self.port,
                          trio.current_time() - started)  # fmt: skip
+                self.metrics.woke(trio.current_time() - started)
                 return True
             reason = (
                 f"the server did not start within {lifecycle.connection_timeout:g} s "
@@ -193,6 +203,7 @@ class TunnelClient:
         except ControlPlaneError as exc:
             reason = f"could not wake the server: {exc}"
         self.last_error = reason
+        self.metrics.wake_failed()
         if first:
             raise ControlPlaneError(reason)
         log.error("%s", reason)

@@ -1,8 +1,9 @@
 """How busy the server is: open proxied streams and when anything last happened.
 
 The server exists only while it is used; whoever decides to stop it (metrics, idle shutdown)
-reads `snapshot()`. Keepalive pings on an idle link must not count as use, so only the
-stream handlers report here: a stream opened or closed, bytes moved.
+reads `snapshot()`, and Prometheus reads the same numbers (`prom`). Keepalive pings on an
+idle link must not count as use, so only the stream handlers report here: a stream opened or
+closed, bytes moved.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import trio
 
 from fluidity.protocol import Role, Settings, WindowPolicy
 from fluidity.readyfile import write_ready_file
+from fluidity.telemetry import failure_cause
 from fluidity.tls import server_ssl_context
 from fluidity.tunnel import Link, LinkClosed, LinkConfig, open_link
 
@@ -21,6 +22,7 @@ from .handler import StreamHandler, open_stream_handler
 from .handshakes import PendingHandshakes, source_of
 from .health import serve_health
 from .metrics import MetricsEmitter, MetricsSettings, MetricsSetupError
+from .prom import ServerMetrics
 from .resolver import StaticResolver, install
 from .settings import ServerConfig
 
@@ -73,6 +75,7 @@ class TunnelServer:
         max_links: int,
         max_handshakes: int = 64,
         max_handshakes_per_source: int = 8,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.ssl_context = ssl_context
         self.handler = handler
@@ -83,11 +86,13 @@ class TunnelServer:
         #: Connections before the end of their TLS handshake (see `handshakes`).
         self.handshakes = PendingHandshakes(max_handshakes, max_handshakes_per_source)
         self.draining = False
+        self.metrics = metrics if metrics is not None else ServerMetrics()
 
     async def handle(self, tcp: trio.SocketStream) -> None:
         peer = _peer(tcp)
         if self.draining or len(self.links) >= self.max_links:
             log.warning("refusing %s: %s", peer, "draining" if self.draining else "too many links")
+            self.metrics.handshake_failed("refused")
             await trio.aclose_forcefully(tcp)
             return
         pending = self.handshakes.admit(_source(tcp), trio.current_time() + self.handshake_timeout)
@@ -100,6 +105,7 @@ class TunnelServer:
                 await tls.do_handshake()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.warning("TLS handshake from %s failed: %s", peer, _handshake_failure(exc))
+            self.metrics.handshake_failed(failure_cause(exc))
             await trio.aclose_forcefully(tcp)
             return
         finally:
@@ -109,20 +115,24 @@ class TunnelServer:
                 log.debug("closing %s: shed for a newer connection", peer)
             else:
                 log.warning("TLS handshake from %s timed out", peer)
+            self.metrics.handshake_failed("shed" if pending.shed else "timeout")
             await trio.aclose_forcefully(tcp)
             return
         name = _agent_name(tls)
         try:
             async with open_link(tls, Role.SERVER, self.link_config, self.handler) as link:
                 self.links.add(link)
+                self.metrics.link_up(link)
                 log.info("agent %r connected from %s", name, peer)
                 try:
                     await link.wait_closed()
                 finally:
                     self.links.discard(link)
+                    self.metrics.link_down(link)
                 log.info("agent %r disconnected: %s", name, link.error or "closed")
         except LinkClosed as exc:
             log.warning("link with %s failed to start: %s", peer, exc)
+            self.metrics.handshake_failed("link")
 
     async def drain(self) -> None:
         """GoAway to every link; returns when all have closed (bound it at the call site)."""
@@ -148,6 +158,7 @@ async def serve(
     _install_resolver(config)
     context = server_ssl_context(config.server_cert, config.server_key, config.ca_cert)
     activity = ActivityTracker()
+    prom = ServerMetrics(activity, access_log=config.access_log)
     # -- CloudWatch metrics (fluidity/server/metrics.py): check before listening ------------
     metrics: MetricsEmitter | None = None
     if config.metrics_enabled:
@@ -164,6 +175,7 @@ async def serve(
     async with open_stream_handler(
         policy=EgressPolicy(config.egress_allow, config.egress_deny),
         activity=activity,
+        metrics=prom,
         connect_timeout=config.upstream_connect_timeout,
         read_timeout=config.upstream_read_timeout,
         idle_timeout=config.tunnel_idle_timeout,
@@ -177,6 +189,7 @@ async def serve(
             max_links=config.max_links,
             max_handshakes=config.max_handshakes,
             max_handshakes_per_source=config.max_handshakes_per_source,
+            metrics=prom,
         )
 
         def report() -> tuple[int, dict[str, Any]]:
@@ -202,7 +215,7 @@ async def serve(
                 health_port = health_listeners[0].socket.getsockname()[1]
 
                 async def health(stream: trio.SocketStream) -> None:
-                    await serve_health(stream, report)
+                    await serve_health(stream, report, prom.render)
 
                 nursery.start_soon(trio.serve_listeners, health, health_listeners)
                 if metrics is not None:  # metrics: emits at once, then every interval

@@ -21,6 +21,7 @@ from .activity import ActivityTracker
 from .egress import EgressPolicy
 from .idle import DEFAULT_HALF_CLOSED_TIMEOUT, DEFAULT_IDLE_TIMEOUT
 from .origin_pool import OriginPool
+from .prom import ServerMetrics
 from .upstream_connect import serve_connect
 from .upstream_http import make_client, serve_request
 from .upstream_ws import DEFAULT_MAX_MESSAGE, serve_websocket
@@ -44,9 +45,14 @@ class StreamHandler:
     #: CONNECT tunnels and WebSockets end after this long with nothing moving (see `idle`).
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     half_closed_timeout: float = DEFAULT_HALF_CLOSED_TIMEOUT
+    #: Counts each stream as it ends (and logs it, with the access log on).
+    metrics: ServerMetrics = attrs.field(
+        default=attrs.Factory(lambda self: ServerMetrics(self.activity), takes_self=True)
+    )
 
     async def __call__(self, stream: TunnelStream) -> None:
         self.activity.opened()
+        started = trio.current_time() if self.metrics.access.enabled else 0.0
         try:
             if stream.kind is StreamKind.WEBSOCKET:
                 # The relay reads the tunnel throughout, so it sees a reset itself, and it
@@ -82,6 +88,7 @@ class StreamHandler:
                 pass  # the agent's side is gone; the upstream side was closed on the way out
         finally:
             self.activity.closed()
+            self.metrics.stream_done(stream, started)
 
 
 @asynccontextmanager
@@ -89,6 +96,7 @@ async def open_stream_handler(
     policy: EgressPolicy | None = None,
     *,
     activity: ActivityTracker | None = None,
+    metrics: ServerMetrics | None = None,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     read_timeout: float = DEFAULT_READ_TIMEOUT,
     verify: ssl.SSLContext | None = None,
@@ -104,17 +112,20 @@ async def open_stream_handler(
     context = verify if verify is not None else ssl.create_default_context()
     pool = OriginPool(policy, connect_timeout, context)
     client = make_client(policy, connect_timeout, read_timeout, pool=pool)
+    if activity is None:
+        activity = metrics.activity if metrics is not None else ActivityTracker()
     async with client, trio.open_nursery() as nursery:
         nursery.start_soon(pool.close_expired)
         yield StreamHandler(
             policy,
             client,
-            activity if activity is not None else ActivityTracker(),
+            activity,
             connect_timeout,
             read_timeout,
             context,
             max_ws_message,
             idle_timeout,
             half_closed_timeout,
+            metrics if metrics is not None else ServerMetrics(activity),
         )
         nursery.cancel_scope.cancel()

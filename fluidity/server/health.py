@@ -1,4 +1,5 @@
-"""A tiny plain-HTTP health endpoint for ECS / load-balancer checks (GET /healthz)."""
+"""A tiny plain-HTTP endpoint for ECS / load-balancer checks (GET /healthz) and Prometheus
+(GET /metrics)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ HEAD_TIMEOUT = 5.0
 
 
 async def serve_health(
-    stream: trio.abc.Stream, report: Callable[[], tuple[int, dict[str, Any]]]
+    stream: trio.abc.Stream,
+    report: Callable[[], tuple[int, dict[str, Any]]],
+    metrics: Callable[[str], tuple[bytes, str]] | None = None,
 ) -> None:
-    """Answer one request on `stream`: 200 with JSON while healthy, 503 while draining."""
+    """Answer one request on `stream`: 200 with JSON while healthy, 503 while draining;
+    /metrics with `metrics(accept)`, the exposition and its content type."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=8192)
     try:
         with trio.fail_after(HEAD_TIMEOUT):
@@ -27,13 +31,18 @@ async def serve_health(
                 break
         if not isinstance(event, h11.Request):
             return
-        if event.target.split(b"?")[0] in {b"/healthz", b"/"} and event.method == b"GET":
+        path = event.target.split(b"?")[0]
+        content_type = "application/json"
+        if path in {b"/healthz", b"/"} and event.method == b"GET":
             status, body = report()
             payload = json.dumps(body).encode()
+        elif path == b"/metrics" and metrics is not None and event.method == b"GET":
+            accept = b", ".join(v for n, v in event.headers if n == b"accept").decode("latin-1")
+            status, (payload, content_type) = 200, metrics(accept)
         else:
             status, payload = 404, b'{"error": "not found"}'
         headers = [
-            (b"content-type", b"application/json"),
+            (b"content-type", content_type.encode()),
             (b"content-length", str(len(payload)).encode()),
             (b"connection", b"close"),
         ]

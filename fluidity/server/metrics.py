@@ -12,6 +12,9 @@ Every ``metrics_interval`` seconds, and once at start, the server puts two metri
     so the Sleep function's grace period runs from the start, the same way it runs from the
     last use later, and a server that was just woken is not stopped before anyone can use it.
 
+Both are read from the `ActivityTracker` that /metrics exports as ``fluidity_server_open_streams``
+and ``fluidity_server_last_activity_timestamp_seconds`` (`prom`): one set of counters.
+
 Both are sent whether or not there was traffic: a steady series is what tells "idle" from
 "not reporting". An open but quiet connection (a long WebSocket) keeps ActiveConnections above
 zero while LastActivityEpochSeconds ages; the Sleep function should treat either as use.

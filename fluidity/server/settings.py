@@ -284,6 +284,11 @@ class ServerConfig:
         "Log format: text for people, json (one object per line) for collectors.",
         choices=LOG_FORMATS,
     )
+    access_log: bool = setting(
+        False,
+        "Log a line at info per request or tunnel served (host, method, status, bytes each "
+        "way, duration, stream id; never the path, query string or credentials).",
+    )
 
     def check(self) -> None:
         """Checks across settings."""

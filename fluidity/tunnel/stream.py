@@ -60,6 +60,10 @@ class TunnelStream:
         self.queued = 0
         #: Payload bytes received and not yet handed to the application.
         self.buffered = 0
+        #: Payload bytes sent and received so far (bodies, tunnel bytes, WebSocket message
+        #: data; not heads): what the metrics and the access log count per stream.
+        self.sent_bytes = 0
+        self.received_bytes = 0
         self._remote_ended = False
         self._local_ended = False
         self._error: Exception | None = None
@@ -81,6 +85,7 @@ class TunnelStream:
                 self._remote_ended = self._local_ended = True
         elif isinstance(message, _PAYLOADS):
             self.buffered += flow_size(message)
+            self.received_bytes += len(message.data)
             self._inbox.append(message)
             if isinstance(message, Data) and message.end_stream:
                 self._remote_ended = True
@@ -190,6 +195,7 @@ class TunnelStream:
             view = view[n:]
             last = end_stream and not view
             self._link._enqueue(self, Data(self.stream_id, last, chunk), len(chunk))
+            self.sent_bytes += len(chunk)
             if last:
                 self._local_ended = True
             if not view:
@@ -205,6 +211,7 @@ class TunnelStream:
             last = fin and n == len(view)
             message = WebSocketMessage(self.stream_id, binary, last, bytes(view[:n]))
             self._link._enqueue(self, message, max(1, n))
+            self.sent_bytes += n
             view = view[n:]
             if not view:
                 break
