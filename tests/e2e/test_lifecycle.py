@@ -16,6 +16,7 @@ from fluidity.localcloud.scheduler import Firing
 from fluidity.localcloud.up import stop_process
 from tests.support.curl import curl
 from tests.support.origins import http_origin, make_tls, pattern_sha256, websocket_origin
+from tests.support.scrape import scrape
 from tests.support.wsclient import ProxiedWebSocket, proxied_websocket
 
 from .conftest import (
@@ -218,6 +219,10 @@ async def test_a_request_wakes_the_sleeping_server(cloud: LocalCloud) -> None:
         # Asleep, the agent leaves the server alone (a few Sleep checks' worth of time)...
         await trio.sleep(1.5)
         assert (await agent.health())["tunnel"] == "asleep"
+        asleep = await scrape(agent.port)
+        assert asleep.get("fluidity_agent_tunnel_state", state="asleep") == 1
+        assert asleep.get("fluidity_agent_link_up") == 0
+        assert asleep.get("fluidity_agent_wake_duration_seconds_count") == 1
         assert statuses(cloud, "POST", "/wake") == [200]
         assert (cloud.fargate.starts, cloud.fargate.stops) == (1, 1)
 
@@ -232,6 +237,15 @@ async def test_a_request_wakes_the_sleeping_server(cloud: LocalCloud) -> None:
         health = await agent.health()
         assert health["tunnel"] == "up"
         assert health["connects"] == 2
+        # The wake that request caused is timed, and the new link counts as a reconnect.
+        woken = await scrape(agent.port)
+        assert woken.get("fluidity_agent_wake_duration_seconds_count") == 2
+        second_wake = woken.delta(asleep, "fluidity_agent_wake_duration_seconds_sum")
+        assert 0 < second_wake < 30
+        assert woken.get("fluidity_agent_reconnects_total") == 1
+        assert woken.get("fluidity_agent_link_up") == 1
+        assert woken.get("fluidity_agent_wake_failures_total") == 0
+        assert woken.get("fluidity_agent_requests_total", kind="http", outcome="2xx") == 1
 
 
 async def test_daily_kill_stops_a_busy_server_and_the_agent_recovers(
