@@ -3,7 +3,8 @@
 One `ClientConnection` per accepted socket serves keep-alive requests in turn:
 absolute-form requests become Request streams, CONNECT becomes a Connect stream relaying raw
 bytes, and WebSocket upgrades are terminated here with wsproto and relayed message by message.
-Origin-form requests are for the agent itself (/healthz).
+Origin-form requests are for the agent itself (/healthz, /metrics). As each request or tunnel
+ends, `metrics` counts it (and logs it when the access log is on).
 
 What a client sends is never echoed: a malformed request is logged and answered with the kind
 of error and a length, never its bytes (they may hold credentials or private URLs). A transfer

@@ -978,7 +978,8 @@ def raise_file_limit() -> None:
 
 def log_level_args(args: argparse.Namespace) -> list[str]:
     """The agent's and the server's options from the bench's."""
-    return ["--log-level", args.log_level] if args.log_level else []
+    extra = ["--log-level", args.log_level] if args.log_level else []
+    return [*extra, "--access-log"] if args.access_log else extra
 
 
 async def run_bench(args: argparse.Namespace, workdir: Path, pki: Pki) -> dict[str, Any]:
@@ -1099,6 +1100,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--log-level",
         choices=("debug", "info", "warning", "error"),
         help="for the agent and the server (default: theirs)",
+    )
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="turn on the agent's and the server's access logs (to compare with them off)",
     )
     parser.add_argument(
         "--profile",
