@@ -57,8 +57,8 @@ MAX_IDLE = 64
 #: An idle connection older than this is closed rather than used.
 KEEPALIVE_EXPIRY = 30.0
 
-#: Where a request goes: scheme (b"http" or b"https"), host (lower case), port.
-Origin = tuple[bytes, str, int]
+#: Where a request goes: scheme ("http" or "https"), host (lower case), port.
+Origin = tuple[str, str, int]
 
 #: Methods a request may be sent again with (RFC 9110 9.2.2): when a reused connection drops
 #: a request unanswered, only these are retried; a POST or PATCH answers 502 instead.
@@ -414,7 +414,7 @@ class OriginPool:
         scheme, host, port = key
         timeout = self._connect_timeout
         sock = await open_tcp(host, port, policy=self._policy, connect_timeout=timeout)
-        if scheme != b"https":
+        if scheme != "https":
             return _Connection(key, sock, sock, self._max_head)
         stream = trio.SSLStream(
             sock, self._ssl_context, server_hostname=host, https_compatible=True

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import logging
 import re
-from urllib.parse import quote_from_bytes, urlsplit
+from urllib.parse import quote_from_bytes
 
 import trio
 
+from fluidity.httputil import parse_absolute_url
 from fluidity.protocol import ErrorCode, Request, Response
 from fluidity.tunnel import FrameTooLarge, LinkClosed, StreamReset, TunnelStream
 
@@ -38,36 +39,37 @@ _URL = re.compile(rb"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)([^#]*)")
 #: What a request target may hold as it is: printable ASCII, no space.
 _PRINTABLE = bytes(range(0x21, 0x7F))
 _SAFE = _PRINTABLE.decode("ascii")
-_DEFAULT_PORTS = {b"http": 80, b"https": 443}
+_NOT_ABSOLUTE = "the request URL must be absolute http:// or https://"
 
 
 def parse_url(url: bytes) -> tuple[Origin, bytes, bytes]:
     """The origin, the request target and the authority (for Host) of an absolute URL.
 
-    The target is passed on as the agent wrote it (no dot segments removed, no escapes
-    changed: a proxy does not normalize), the fragment dropped and what cannot go on the
-    wire as it is percent-encoded. User info is dropped: it is never sent, nor turned into
-    credentials. Raises UpstreamError (400).
+    The target is split off the bytes and passed on as the agent wrote it (no dot segments
+    removed, no escapes changed: a proxy does not normalize), the fragment dropped and what
+    cannot go on the wire as it is percent-encoded; `httputil` takes the origin apart. User
+    info is dropped: it is never sent, nor turned into credentials. Raises UpstreamError (400).
     """
     match = _URL.match(url)
-    scheme = match[1].lower() if match else b""
-    if match is None or scheme not in _DEFAULT_PORTS:
-        raise UpstreamError(400, "the request URL must be absolute http:// or https://")
+    if match is None:
+        raise UpstreamError(400, _NOT_ABSOLUTE)
     authority = match[2].rpartition(b"@")[2]
     try:
-        parts = urlsplit(b"//" + authority)
-        host, port = parts.hostname, parts.port
-        if authority.translate(None, _PRINTABLE) or not host or port == 0:
+        if authority.translate(None, _PRINTABLE):
             raise ValueError
-        name = host.decode("ascii")
-    except ValueError:  # UnicodeDecodeError too
+        origin = parse_absolute_url((match[1] + b"://" + authority).decode("ascii"))
+    except ValueError:
         raise UpstreamError(400, "the request URL is not valid") from None
+    if origin.scheme not in ("http", "https"):
+        raise UpstreamError(400, _NOT_ABSOLUTE)
+    if not origin.host or not origin.port:
+        raise UpstreamError(400, "the request URL is not valid")
     target = match[3]
     if not target.startswith(b"/"):
         target = b"/" + target
     if target.translate(None, _PRINTABLE):
         target = quote_from_bytes(target, safe=_SAFE).encode("ascii")
-    return (scheme, name, port or _DEFAULT_PORTS[scheme]), target, authority
+    return (origin.scheme, origin.host, origin.port), target, authority
 
 
 class _TunnelBody:
