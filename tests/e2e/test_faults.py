@@ -149,5 +149,5 @@ async def test_a_server_killed_mid_download_is_replaced(
 
     output = capsys.readouterr().out
     print(output)  # kept for the report of a failure
-    assert f"tunnel to origin.test:{echo.port} ended: link lost" in output
+    assert f"tunnel to origin.test:{echo.port} failed: link lost" in output
     assert AGENT_BUG not in output
