@@ -15,7 +15,8 @@ from fluidity.local import stop_process
 from fluidity.localcloud.cloud import LocalCloud
 from fluidity.localcloud.scheduler import Firing
 from tests.support.curl import curl
-from tests.support.origins import http_origin, make_tls, pattern_sha256, websocket_origin
+from tests.support.origins import http_origin, pattern_sha256, websocket_origin
+from tests.support.pki import make_tls
 from tests.support.wsclient import ProxiedWebSocket, proxied_websocket
 
 from .conftest import (

@@ -14,13 +14,12 @@ from tests.server.harness import TEST_HOSTS
 from tests.support.origins import (
     HTTPOrigin,
     TCPOrigin,
-    TestTLS,
     WebSocketOrigin,
     http_origin,
-    make_tls,
     tcp_echo_origin,
     websocket_origin,
 )
+from tests.support.pki import TestTLS, make_tls
 
 
 @pytest.fixture(autouse=True)

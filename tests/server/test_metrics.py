@@ -39,7 +39,8 @@ from fluidity.server.metrics import (
     retry_delay,
 )
 from tests.support.motoserver import moto_server
-from tests.support.processes import make_pki, server_args
+from tests.support.pki import make_pki
+from tests.support.processes import server_args
 
 REGION = "us-east-1"
 SECRET = "fake-secret-7f3a9c"  # must never show up in a log line or an error message

@@ -8,13 +8,11 @@ keep-alive).
 from __future__ import annotations
 
 import hashlib
-import re
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from typing import Any
 
-import attrs
 import httpx2
 import pytest
 import trio
@@ -27,16 +25,15 @@ from tests.server.harness import LOOPBACK
 from tests.support.origins import (
     HOST,
     HTTPOrigin,
-    TestTLS,
     http_origin,
     pattern_bytes,
     pattern_chunks,
     pattern_sha256,
-    serve_loopback,
 )
+from tests.support.pki import TestTLS
+from tests.support.scripted import OK, Peer, answer_all, scripted_origin
 
 MB = 1024 * 1024
-OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
 @asynccontextmanager
@@ -54,95 +51,6 @@ async def pooled(
     timeout = httpx2.Timeout(5.0, read=read_timeout, write=write_timeout)
     async with httpx2.AsyncClient(transport=pool, timeout=timeout) as client:
         yield client, pool
-
-
-# -- a scripted origin ----------------------------------------------------------------------
-
-_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
-
-
-class Peer:
-    """The origin's side of one connection: whole request heads in, raw bytes out."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buffer = b""
-
-    async def read_head(self) -> bytes | None:
-        """The next request head (without its body); None if the client closed."""
-        while b"\r\n\r\n" not in self.buffer:
-            data = await self.stream.receive_some(65536)
-            if not data:
-                return None
-            self.buffer += data
-        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
-        return head
-
-    async def read_request(self) -> bytes | None:
-        """The next request head, its Content-Length body read and dropped."""
-        head = await self.read_head()
-        if head is None:
-            return None
-        match = _LENGTH.search(head)
-        length = int(match.group(1)) if match else 0
-        while len(self.buffer) < length:
-            self.buffer += await self.stream.receive_some(65536)
-        self.buffer = self.buffer[length:]
-        return head
-
-    async def send(self, data: bytes) -> None:
-        await self.stream.send_all(data)
-
-
-Script = Callable[[Peer, int], Awaitable[None]]
-
-
-@attrs.define
-class ScriptedOrigin:
-    port: int
-    connections: int = 0
-    #: Request heads seen, per connection.
-    heads: list[list[bytes]] = attrs.field(factory=list)
-    #: Connections whose script returned (the client closed, or the script chose to end).
-    ended: int = 0
-
-    def url(self, path: str = "/") -> str:
-        return f"http://{HOST}:{self.port}{path}"
-
-
-@asynccontextmanager
-async def scripted_origin(script: Script) -> AsyncIterator[ScriptedOrigin]:
-    origin = ScriptedOrigin(port=0)
-
-    async def handle(tcp: trio.SocketStream) -> None:
-        index = origin.connections
-        origin.connections += 1
-        origin.heads.append([])
-        peer = Peer(tcp)
-        real_read_head = peer.read_head
-
-        async def read_head() -> bytes | None:
-            head = await real_read_head()
-            if head is not None:
-                origin.heads[index].append(head)
-            return head
-
-        peer.read_head = read_head  # type: ignore[method-assign]
-        try:
-            await script(peer, index)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            origin.ended += 1
-            await trio.aclose_forcefully(tcp)
-
-    async with serve_loopback(handle) as origin.port:
-        yield origin
-
-
-async def answer_all(peer: Peer, index: int) -> None:
-    while await peer.read_request() is not None:
-        await peer.send(OK)
 
 
 # -- keep-alive -----------------------------------------------------------------------------

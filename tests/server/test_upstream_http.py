@@ -17,14 +17,14 @@ from fluidity.server.egress import EgressPolicy
 from fluidity.server.upstream_http import _request_url, _split
 from fluidity.tunnel import StreamReset
 from tests.server.harness import exchange, read_all, serving
-from tests.server.test_origin_pool import OK, Peer, scripted_origin
 from tests.support.origins import (
     GZIP_BODY,
     HTTPOrigin,
-    TestTLS,
     pattern_chunks,
     pattern_sha256,
 )
+from tests.support.pki import TestTLS
+from tests.support.scripted import OK, Peer, scripted_origin
 
 MB = 1024 * 1024
 

@@ -1,0 +1,102 @@
+"""A scripted origin: a few lines per connection, for what a well-behaved origin never does
+(drop a request, answer early, lie about keep-alive), on 127.0.0.1 port 0."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+
+from tests.support.origins import HOST, serve_loopback
+
+#: A complete, keep-alive answer.
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
+
+
+class Peer:
+    """The origin's side of one connection: whole request heads in, raw bytes out."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def read_head(self) -> bytes | None:
+        """The next request head (without its body); None if the client closed."""
+        while b"\r\n\r\n" not in self.buffer:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return None
+            self.buffer += data
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        return head
+
+    async def read_request(self) -> bytes | None:
+        """The next request head, its Content-Length body read and dropped."""
+        head = await self.read_head()
+        if head is None:
+            return None
+        match = _LENGTH.search(head)
+        length = int(match.group(1)) if match else 0
+        while len(self.buffer) < length:
+            self.buffer += await self.stream.receive_some(65536)
+        self.buffer = self.buffer[length:]
+        return head
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+
+Script = Callable[[Peer, int], Awaitable[None]]
+
+
+@attrs.define
+class ScriptedOrigin:
+    port: int
+    connections: int = 0
+    #: Request heads seen, per connection.
+    heads: list[list[bytes]] = attrs.field(factory=list)
+    #: Connections whose script returned (the client closed, or the script chose to end).
+    ended: int = 0
+
+    def url(self, path: str = "/") -> str:
+        return f"http://{HOST}:{self.port}{path}"
+
+
+@asynccontextmanager
+async def scripted_origin(script: Script) -> AsyncIterator[ScriptedOrigin]:
+    origin = ScriptedOrigin(port=0)
+
+    async def handle(tcp: trio.SocketStream) -> None:
+        index = origin.connections
+        origin.connections += 1
+        origin.heads.append([])
+        peer = Peer(tcp)
+        real_read_head = peer.read_head
+
+        async def read_head() -> bytes | None:
+            head = await real_read_head()
+            if head is not None:
+                origin.heads[index].append(head)
+            return head
+
+        peer.read_head = read_head  # type: ignore[method-assign]
+        try:
+            await script(peer, index)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            origin.ended += 1
+            await trio.aclose_forcefully(tcp)
+
+    async with serve_loopback(handle) as origin.port:
+        yield origin
+
+
+async def answer_all(peer: Peer, index: int) -> None:
+    while await peer.read_request() is not None:
+        await peer.send(OK)
