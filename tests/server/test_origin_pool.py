@@ -119,7 +119,8 @@ async def test_an_idle_connection_the_origin_closed_is_not_used() -> None:
     with trio.fail_after(10):
         async with scripted_origin(one_answer) as origin, pooled() as (client, _):
             assert (await client.get(origin.url())).text == "ok"
-            await trio.testing.wait_all_tasks_blocked()  # the origin has closed it
+            await origin.wait_ended(1)  # the origin has closed it
+            await trio.testing.wait_all_tasks_blocked()
             # A body is never retried, so this only works if the dead one is skipped.
             response = await client.post(origin.url(), content=b"payload")
     assert response.text == "ok"
@@ -576,12 +577,14 @@ async def test_idle_connections_are_closed_as_they_expire(
             assert (pool.statistics().idle, origin.ended) == (1, 0)
             await trio.sleep(11)
             assert pool.statistics().idle == 0
-            await trio.testing.wait_all_tasks_blocked()
+            await origin.wait_ended(1)
             assert origin.ended == 1
             # Nothing idle: it waits for the next release, then for that one's expiry.
             await client.get(origin.url())
             await trio.sleep(31)
-            assert (pool.statistics().idle, origin.ended) == (0, 2)
+            assert pool.statistics().idle == 0
+            await origin.wait_ended(2)
+            assert origin.ended == 2
             n.cancel_scope.cancel()
 
 
@@ -593,7 +596,7 @@ async def test_close_expired_returns_when_the_pool_closes() -> None:
                 await client.get(origin.url())
                 await trio.testing.wait_all_tasks_blocked()
             # The nursery closed by itself: close_expired returned once the pool closed.
-            await trio.testing.wait_all_tasks_blocked()
+            await origin.wait_ended(1)
             assert origin.ended == 1
 
 
@@ -605,5 +608,5 @@ async def test_closing_the_pool_closes_idle_connections() -> None:
                 await client.get(origin.url())
                 assert (pool.statistics().idle, origin.ended) == (1, 0)
             assert pool.statistics().idle == 0
-            await trio.testing.wait_all_tasks_blocked()
+            await origin.wait_ended(1)
             assert origin.ended == 1
