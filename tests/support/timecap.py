@@ -122,7 +122,9 @@ def task_tree() -> str:
             for child in nursery.child_tasks:
                 visit(child, depth + 1)
 
-    visit(trio.lowlevel.current_root_task(), 0)
+    root = trio.lowlevel.current_root_task()
+    if root is not None:
+        visit(root, 0)
     if len(lines) > _MAX_LINES:
         lines[_MAX_LINES:] = [f"... and {len(lines) - _MAX_LINES} more lines"]
     return "\n".join(lines)
