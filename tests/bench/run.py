@@ -47,12 +47,11 @@ import attrs
 import trio
 import trustme
 
+from tests.support.pki import Pki, make_pki
 from tests.support.processes import (
     SERVER_TEST_ENV,
-    Pki,
     Running,
     agent_args,
-    make_pki,
     run_fluidity,
     server_args,
 )

@@ -13,8 +13,8 @@ from fluidity.server.egress import EgressPolicy
 from fluidity.server.handler import StreamHandler, open_stream_handler
 from fluidity.tunnel import LinkConfig
 from tests.server.harness import exchange, open_connect, open_websocket, serving
-from tests.server.scripted import answer_all, scripted_origin
 from tests.support.origins import HTTPOrigin, TCPOrigin, WebSocketOrigin
+from tests.support.scripted import answer_all, scripted_origin
 
 
 async def test_activity_counts_open_streams_of_every_kind(

@@ -32,16 +32,16 @@ from fluidity.server.origin_pool import (
 from fluidity.server.resolver import StaticResolver
 from fluidity.server.upstream_http import parse_url
 from tests.server.harness import LOOPBACK
-from tests.server.scripted import OK, Peer, answer_all, scripted_origin
 from tests.support.origins import (
     HOST,
     HTTPOrigin,
-    TestTLS,
     http_origin,
     pattern_bytes,
     pattern_chunks,
     pattern_sha256,
 )
+from tests.support.pki import TestTLS
+from tests.support.scripted import OK, Peer, answer_all, scripted_origin
 
 MB = 1024 * 1024
 Headers = list[tuple[bytes, bytes]]
@@ -186,7 +186,8 @@ async def test_an_idle_connection_the_origin_closed_is_not_used() -> None:
     with trio.fail_after(10):
         async with scripted_origin(one_answer) as origin, pooled() as pool:
             assert (await fetch(pool, "GET", origin.url())).text == "ok"
-            await trio.testing.wait_all_tasks_blocked()  # the origin has closed it
+            await origin.wait_ended(1)  # the origin has closed it
+            await trio.testing.wait_all_tasks_blocked()
             # A body is never retried, so this only works if the dead one is skipped.
             response = await fetch(pool, "POST", origin.url(), content=b"payload")
     assert response.text == "ok"
@@ -722,12 +723,14 @@ async def test_idle_connections_are_closed_as_they_expire(
             assert (pool.statistics().idle, origin.ended) == (1, 0)
             await trio.sleep(11)
             assert pool.statistics().idle == 0
-            await trio.testing.wait_all_tasks_blocked()
+            await origin.wait_ended(1)
             assert origin.ended == 1
             # Nothing idle: it waits for the next release, then for that one's expiry.
             await fetch(pool, "GET", origin.url())
             await trio.sleep(31)
-            assert (pool.statistics().idle, origin.ended) == (0, 2)
+            assert pool.statistics().idle == 0
+            await origin.wait_ended(2)
+            assert origin.ended == 2
             n.cancel_scope.cancel()
 
 
@@ -739,7 +742,7 @@ async def test_close_expired_returns_when_the_pool_closes() -> None:
                 await fetch(pool, "GET", origin.url())
                 await trio.testing.wait_all_tasks_blocked()
             # The nursery closed by itself: close_expired returned once the pool closed.
-            await trio.testing.wait_all_tasks_blocked()
+            await origin.wait_ended(1)
             assert origin.ended == 1
 
 
@@ -751,9 +754,9 @@ async def test_closing_the_pool_closes_idle_connections_and_keeps_none_after() -
                 assert (pool.statistics().idle, origin.connections) == (1, 2)
                 pool.close()
                 assert pool.statistics().idle == 0
-                await trio.testing.wait_all_tasks_blocked()
-                assert origin.ended == 1  # the idle one
+                await origin.wait_ended(1)  # the idle one
+                assert origin.ended == 1
                 assert await in_use.receive_some() == b"ok"
                 assert await in_use.receive_some() == b""  # complete, but not kept
-            await trio.testing.wait_all_tasks_blocked()
+            await origin.wait_ended(2)
             assert (pool.statistics().idle, origin.ended) == (0, 2)

@@ -16,14 +16,14 @@ from fluidity.server.egress import EgressPolicy, UpstreamError
 from fluidity.server.upstream_http import parse_url
 from fluidity.tunnel import StreamReset
 from tests.server.harness import exchange, read_all, serving
-from tests.server.scripted import OK, Peer, scripted_origin
 from tests.support.origins import (
     GZIP_BODY,
     HTTPOrigin,
-    TestTLS,
     pattern_chunks,
     pattern_sha256,
 )
+from tests.support.pki import TestTLS
+from tests.support.scripted import OK, Peer, scripted_origin
 
 MB = 1024 * 1024
 

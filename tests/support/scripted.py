@@ -67,13 +67,20 @@ class ScriptedOrigin:
     connections: int = 0
     #: Request heads seen, per connection.
     heads: list[list[bytes]] = attrs.field(factory=list)
-    #: Connections whose script returned (the client closed, or the script chose to end).
+    #: Connections whose script returned (the client closed, or the script chose to end) and
+    #: that the origin has closed.
     ended: int = 0
     #: Over TLS: what ALPN chose on each connection (None: the client offered nothing).
     alpn: list[str | None] = attrs.field(factory=list)
+    _lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
 
     def url(self, path: str = "/") -> str:
         return f"{self.scheme}://{HOST}:{self.port}{path}"
+
+    async def wait_ended(self, n: int) -> None:
+        """Wait until `n` connections have ended (the origin closed its side)."""
+        while self.ended < n:
+            await self._lot.park()
 
 
 @asynccontextmanager
@@ -98,8 +105,9 @@ async def scripted_origin(
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
-            origin.ended += 1
             await trio.aclose_forcefully(tcp)
+            origin.ended += 1
+            origin._lot.unpark_all()
 
     async with serve_loopback(handle) as origin.port:
         yield origin
