@@ -1214,6 +1214,9 @@ async def run_bench(
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
     phases: dict[str, Any] = {}
+    # Room for every tunnel of the tunnels phase at once, as the peers have (the default
+    # 512 answers 503 past it when a slow spell lets the tunnels pile up).
+    agent_room = ["--max-client-connections", str(max(512, args.tunnels + 64))]
     async with (
         run_fluidity(
             "tests.bench.origin",
@@ -1225,7 +1228,9 @@ async def run_bench(
         run_fluidity(
             "fluidity.server", server_args(pki, *extra), workdir, env=SERVER_TEST_ENV
         ) as server,
-        run_fluidity("fluidity.agent", agent_args(pki, server.port, *extra), workdir) as agent,
+        run_fluidity(
+            "fluidity.agent", agent_args(pki, server.port, *extra, *agent_room), workdir
+        ) as agent,
         run_peers(args.peers, workdir) as (peers, notes),
     ):
         for note in notes:
