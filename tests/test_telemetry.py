@@ -10,7 +10,6 @@ import ssl
 import pytest
 import trio
 import trio.testing
-import trustme
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -25,6 +24,7 @@ from fluidity.telemetry import (
     status_class,
 )
 from fluidity.tunnel import LinkClosed
+from tests.support.pki import TestTLS, make_tls
 
 
 async def test_a_refused_connection_is_refused() -> None:
@@ -36,26 +36,24 @@ async def test_a_refused_connection_is_refused() -> None:
     assert failure_cause(caught.value) == "refused"
 
 
-async def _handshake(server_ca: trustme.CA, client_ca: trustme.CA) -> BaseException:
-    """A TLS handshake over memory streams, the client trusting `client_ca`; its error."""
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ca.issue_cert("fluidity-server").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    client_ca.configure_trust(client_context)
+async def _handshake(server: TestTLS, client: TestTLS) -> BaseException:
+    """A TLS handshake over memory streams between `server`'s server context and `client`'s
+    client context; the client's error."""
+    server_context, client_context = server.server, client.client
     left, right = trio.testing.memory_stream_pair()
-    client = trio.SSLStream(left, client_context, server_hostname="fluidity-server")
-    server = trio.SSLStream(right, server_context, server_side=True)
+    client_side = trio.SSLStream(left, client_context, server_hostname="fluidity-server")
+    server_side = trio.SSLStream(right, server_context, server_side=True)
 
     async def serve() -> None:
         with contextlib.suppress(trio.BrokenResourceError):
-            await server.do_handshake()
+            await server_side.do_handshake()
 
     error: BaseException | None = None
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(serve)
             try:
-                await client.do_handshake()
+                await client_side.do_handshake()
             except trio.BrokenResourceError as exc:
                 error = exc
             await trio.aclose_forcefully(left)
@@ -64,7 +62,7 @@ async def _handshake(server_ca: trustme.CA, client_ca: trustme.CA) -> BaseExcept
 
 
 async def test_a_server_certificate_from_another_ca_is_a_certificate_failure() -> None:
-    error = await _handshake(trustme.CA(), trustme.CA())
+    error = await _handshake(make_tls("fluidity-server"), make_tls("fluidity-server"))
     assert failure_cause(error) == "certificate"
 
 

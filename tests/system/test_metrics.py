@@ -20,12 +20,12 @@ from tests.support.origins import (
     tcp_echo_origin,
     websocket_origin,
 )
-from tests.support.processes import Pki, Running, agent_args, run_fluidity, server_args
+from tests.support.pki import Pki
+from tests.support.processes import Running, agent_args, run_fluidity, server_args
 from tests.support.scrape import Samples, scrape
 from tests.support.wsclient import proxied_websocket
 
-from .conftest import SERVER_ENV, Tunnel
-from .test_tunnels import open_connect
+from .helpers import SERVER_ENV, Tunnel, open_connect
 
 POLL = 0.02
 AGENT = "fluidity_agent"
