@@ -243,6 +243,8 @@ class AccessLog:
         stream_id: int | None,
         client: str | None = None,
     ) -> None:
+        if not self.log.isEnabledFor(logging.INFO):
+            return  # on, but under a log_level above info
         fields: dict[str, object] = {
             "kind": kind,
             "method": method,
