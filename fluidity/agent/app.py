@@ -16,6 +16,7 @@ import trio
 
 from fluidity.protocol import Settings, WindowPolicy
 from fluidity.readyfile import write_ready_file
+from fluidity.startup import StartupError, host_port, open_listeners, startup_error
 from fluidity.tls import client_ssl_context
 from fluidity.tunnel import LinkConfig
 
@@ -121,10 +122,11 @@ async def _serve(
     task_status: trio.TaskStatus[None],
 ) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        # Before any task: a busy port is one line (StartupError), and wakes no server.
+        listeners = await open_listeners(config, "listen_host", "listen_port", "the proxy")
+        port = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
             await nursery.start(tunnel.run)
-            listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
-            port = listeners[0].socket.getsockname()[1]
             async with trio.open_nursery() as handlers:
                 accept_scope = trio.CancelScope()
 
@@ -137,9 +139,9 @@ async def _serve(
                         accept_scope,
                         proxy.close_oldest_idle,
                     )
-                where = f"{config.listen_host}:{port}"
-                log.info("proxy listening on http://%s (tunnel to %s:%d)", where,
-                         config.server_host, config.server_port)  # fmt: skip
+                where = host_port(config.listen_host, port)
+                log.info("proxy listening on http://%s (tunnel to %s)", where,
+                         host_port(config.server_host, config.server_port))  # fmt: skip
                 write_ready_file(config.ready_file, {"listen_port": port})
                 task_status.started()
                 async for signum in signals:
@@ -264,10 +266,13 @@ def run(config: AgentConfig) -> int:
     gc.freeze()
     try:
         trio.run(serve, config)
-    except OSError as exc:
+    except StartupError as exc:
         log.error("agent failed to start: %s", exc)
         return 1
     except BaseExceptionGroup as group:
+        if (startup := startup_error(group)) is not None:
+            log.error("agent failed to start: %s", startup)
+            return 1
         fatal, rest = group.split(ControlPlaneError)
         if fatal is None or rest is not None:
             raise
