@@ -39,11 +39,13 @@ def health(tunnel: TunnelClient, proxy: Proxy) -> tuple[int, dict[str, Any]]:
     body: dict[str, Any] = {
         "status": "ok" if tunnel.state in {"up", "asleep"} else "degraded",
         "tunnel": tunnel.state,
-        "server": f"{tunnel.host}:{tunnel.port}",
+        "server": host_port(tunnel.host, tunnel.port),
         "connects": tunnel.connects,
         "last_error": tunnel.last_error,
         "active_requests": proxy.active_requests,
     }
+    if tunnel.failure is not None:
+        body["failure"] = tunnel.failure.as_json()
     if link is not None and link.is_open:
         stats = link.statistics()
         body["open_streams"] = stats.open_streams

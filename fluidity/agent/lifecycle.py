@@ -24,7 +24,9 @@ CALL_TIMEOUT = 30.0
 
 @attrs.frozen
 class Backoff:
-    """Exponential backoff with full jitter (AWS architecture blog style), capped."""
+    """Exponential backoff with jitter above a floor: attempt n waits a random time between
+    `minimum` and minimum x 2^n, capped at `maximum` (not "full jitter", which starts at 0:
+    a floor keeps a flapping server from being hit at once)."""
 
     minimum: float = 0.5
     maximum: float = 30.0

@@ -27,6 +27,7 @@ import attrs
 import h11
 import trio
 
+from fluidity.httputil import ERROR_HEADER, REASON_HEADER, header_text, upstream_reason
 from fluidity.protocol import (
     DEFAULT_MAX_DATA_SIZE,
     FRAME_ENVELOPE,
@@ -39,6 +40,7 @@ from fluidity.protocol import (
     WebSocketOpen,
     encode_bytes,
 )
+from fluidity.startup import host_port
 from fluidity.tunnel import (
     FrameTooLarge,
     Link,
@@ -106,10 +108,12 @@ class _ClientGone(Exception):
 class _Refused(Exception):
     """The request cannot be forwarded; the client gets `status` with `reason` and a close."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, token: bytes = b"head-too-large") -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        #: Its X-Fluidity-Reason.
+        self.token = token
 
 
 #: What h11's complaints are about, by how their message starts. The rest of a message may
@@ -365,11 +369,16 @@ class ClientConnection:
         status: int,
         text: str,
         *,
+        reason: bytes,
         extra: list[tuple[bytes, bytes]] | None = None,
         content_type: bytes = b"text/plain; charset=utf-8",
         close: bool = False,
     ) -> None:
-        """A complete small response, if a response can still be sent."""
+        """A complete small response of our own, if a response can still be sent.
+
+        `reason` is its token in X-Fluidity-Reason; a failure also carries `text` in
+        X-Fluidity-Error, for clients that show no body (curl after a failed CONNECT).
+        """
         if self.h11.our_state not in {h11.IDLE, h11.SEND_RESPONSE}:
             raise _ClientGone("response already started; aborting the connection")
         body = text.encode() if text.endswith("\n") else (text + "\n").encode()
@@ -377,8 +386,11 @@ class ClientConnection:
             (b"content-type", content_type),
             (b"content-length", str(len(body)).encode()),
             (b"via", hdr.VIA),
+            (REASON_HEADER, reason),
             *(extra or []),
         ]
+        if status >= 400:
+            headers.append((ERROR_HEADER, header_text(text)))
         if close or status >= 500 or self.proxy.shutting_down:
             headers.append((b"connection", b"close"))
         await self._send(h11.Response(status_code=status, headers=headers, reason=_phrase(status)))
@@ -407,7 +419,11 @@ class ClientConnection:
                 return
             if self.refusal is not None:
                 await self._send_simple(
-                    503, self.refusal, extra=[(b"retry-after", b"1")], close=True
+                    503,
+                    self.refusal,
+                    reason=b"too-many-connections",
+                    extra=[(b"retry-after", b"1")],
+                    close=True,
                 )
                 return
             self.proxy._request_started()
@@ -426,12 +442,14 @@ class ClientConnection:
 
     async def _malformed(self, exc: h11.RemoteProtocolError) -> None:
         """Answer a request h11 refused: its kind and size, never its bytes."""
+        token = b"malformed-request"
         if exc.error_status_hint == 431:  # h11's max_incomplete_event_size, nothing else
             # Over MAX_HEAD_SIZE and no end of the head in sight: it could never be sent on.
             status, kind = 431, "request head too large"
             if b"\n" not in self.h11.trailing_data[0]:
                 status, kind = 414, "request line too long"
             what = "request line" if status == 414 else "request head"
+            token = b"head-too-large"
             reason = (
                 f"{_phrase(status).decode()}: the {what} is over {MAX_HEAD_SIZE} bytes, "
                 "more than the tunnel carries"
@@ -443,7 +461,7 @@ class ClientConnection:
                  self.peer(), kind, self.received)  # fmt: skip
         if self.h11.our_state in {h11.IDLE, h11.SEND_RESPONSE}:
             with contextlib.suppress(_ClientGone, h11.LocalProtocolError):
-                await self._send_simple(status, reason, close=True)
+                await self._send_simple(status, reason, reason=token, close=True)
         elif self.h11.our_state is h11.SEND_BODY:
             self.abort = True  # a response cut short must not look complete
 
@@ -524,19 +542,22 @@ class ClientConnection:
             await self._forward(request, headers)
             return True
         except BadRequest as exc:
-            await self._send_simple(400, f"Bad request: {exc}")
+            await self._send_simple(400, f"Bad request: {exc}", reason=b"bad-request")
             return False
         except _Refused as exc:
-            await self._send_simple(exc.status, exc.reason, close=True)
+            await self._send_simple(exc.status, exc.reason, reason=exc.token, close=True)
             return False
         except TunnelUnavailable as exc:
-            await self._send_simple(502, str(exc))
+            await self._send_simple(502, str(exc), reason=b"tunnel-unavailable")
             return False
         except StreamLimit as exc:
             # The tunnel works but carries as many streams as the server allows: busy, not
             # broken; the client may try again shortly.
             await self._send_simple(
-                503, f"the tunnel is busy: {exc}", extra=[(b"retry-after", b"1")]
+                503,
+                f"the tunnel is busy: {exc}",
+                reason=b"tunnel-busy",
+                extra=[(b"retry-after", b"1")],
             )
             return False
 
@@ -556,6 +577,7 @@ class ClientConnection:
         await self._send_simple(
             407,
             text,
+            reason=b"proxy-auth-required",
             extra=[(b"proxy-authenticate", b'Basic realm="fluidity"')],
             close=last,
         )
@@ -572,19 +594,33 @@ class ClientConnection:
                     "/healthz answers only to a loopback Host (127.0.0.1, [::1], localhost, "
                     "with or without a port) or one listed in healthz_hosts: a page that got "
                     "its own name to resolve to this address must not read it (DNS rebinding)",
+                    reason=b"misdirected-host",
                 )
                 return
             status, body = self.proxy.health()
             await self._send_simple(
-                status, json.dumps(body, indent=2), content_type=b"application/json"
+                status,
+                json.dumps(body, indent=2),
+                reason=b"healthz",
+                content_type=b"application/json",
             )
             return
+        proxy = f"http://{self._own_address()}"
         await self._send_simple(
             400,
             "This is Fluidity's HTTP proxy, not a web server. Configure it as your HTTP and "
-            "HTTPS proxy (for example `curl -x http://127.0.0.1:8080 https://example.com`); "
-            "GET /healthz shows the tunnel's state.",
+            f"HTTPS proxy (for example `curl -x {proxy} https://example.com`); "
+            f"{proxy}/healthz shows the tunnel's state.",
+            reason=b"not-a-proxy-request",
         )
+
+    def _own_address(self) -> str:
+        """The address this client reached the agent at (host:port), for examples."""
+        if isinstance(self.client, trio.SocketStream):
+            with contextlib.suppress(OSError):
+                host, port, *_ = self.client.socket.getsockname()
+                return host_port(host, port)
+        return "127.0.0.1:8080"
 
     # -- plain HTTP -----------------------------------------------------------------------
 
@@ -632,7 +668,7 @@ class ClientConnection:
             self._encode(
                 h11.Response(
                     status_code=reply.status,
-                    reason=reply.reason,
+                    reason=reply.reason or _phrase(reply.status),
                     headers=hdr.response_headers(reply.headers),
                 )
             )
@@ -681,13 +717,13 @@ class ClientConnection:
         """A stream broke: 502 if nothing was answered yet, else reset the client connection
         (a response cut short must not look complete, even one delimited by the close)."""
         if isinstance(exc, StreamReset) and exc.code == ErrorCode.UPSTREAM_ERROR:
-            reason = f"the origin failed: {exc.message}"
+            reason, token = f"the origin failed: {exc.message}", b"origin-failed"
         else:
-            reason = f"the tunnel failed: {exc}"
+            reason, token = f"the tunnel failed: {exc}", b"tunnel-failed"
         log.warning("request failed: %s", reason)
         if self.h11.our_state not in {h11.IDLE, h11.SEND_RESPONSE}:
             self.abort = True
-        await self._send_simple(502, reason)
+        await self._send_simple(502, reason, reason=token)
 
     async def _accepted(self, stream: TunnelStream, kind: type[Ack]) -> Ack | None:
         """The server's acceptance of a CONNECT or WebSocket stream; None once the client
@@ -701,7 +737,11 @@ class ClientConnection:
         if ack.success:
             return ack
         status = ack.status if 400 <= ack.status < 600 else 502
-        await self._send_simple(status, ack.error or f"the server refused ({ack.status})")
+        await self._send_simple(
+            status,
+            ack.error or f"the server refused ({ack.status})",
+            reason=upstream_reason(status),
+        )
         return None
 
     # -- CONNECT ----------------------------------------------------------------------------

@@ -158,7 +158,8 @@ class AgentConfig:
     )
     request_wait_timeout: float = setting(
         30.0,
-        "Seconds a proxied request waits for the tunnel to be up before it fails with 503.",
+        "Seconds a proxied request waits for the tunnel to be up before it fails with 502 "
+        "(with the control plane, at least `connection_timeout`: a cold start).",
         check=positive,
     )
     reconnect_min_delay: float = setting(

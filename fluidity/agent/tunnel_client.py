@@ -1,7 +1,11 @@
 """Keeps one link to the server up: connect, TLS, handshake, and reconnect with backoff.
 
 Proxied requests ask for the current link with `wait_link()`, which waits (bounded by the
-caller) while the tunnel is down instead of failing at once.
+caller) while the tunnel is down instead of failing at once. A request that arrives while the
+tunnel waits out its backoff starts the next attempt now (at most one per
+reconnect_min_delay), so a restarted server is used as soon as it is back. Failed attempts are
+classified (`failures`): a mistake in the configuration is logged at ERROR once and fails
+waiting requests at once with the cause; a server that is restarting is retried quietly.
 """
 
 from __future__ import annotations
@@ -14,11 +18,16 @@ import time
 import trio
 
 from fluidity.protocol import Role
+from fluidity.startup import host_port
 from fluidity.tunnel import Link, LinkClosed, LinkConfig, open_link
 
+from .failures import LinkFailure, classify
 from .lifecycle import AuthError, Backoff, ControlPlaneError, Lifecycle
 
 log = logging.getLogger(__name__)
+
+#: While requests wait for the link, the longest pause between attempts.
+DEMAND_INTERVAL = 0.5
 
 
 class TunnelUnavailable(Exception):
@@ -50,6 +59,10 @@ class TunnelClient:
         self.link: Link | None = None
         self.state = "connecting"
         self.last_error: str | None = None
+        #: Why the last attempt failed (None once a link is up).
+        self.failure: LinkFailure | None = None
+        #: The failure last logged, so a repeated one is not logged again.
+        self._logged: LinkFailure | None = None
         self.connects = 0
         self.connected_since: float | None = None
         self.lifecycle = lifecycle
@@ -80,8 +93,13 @@ class TunnelClient:
                 return link
             if self._stopping:
                 raise TunnelUnavailable("the agent is shutting down")
-            self._demand.set()  # a sleeping server is woken by the first request that waits
+            self._demand.set()  # wakes a sleeping server, or cuts the reconnect backoff short
             await self._changed.wait()
+            failure = self.failure
+            if self.state == "down" and failure is not None and failure.permanent:
+                # An attempt made since this request came failed on the configuration:
+                # waiting longer cannot help, and the client should see why now.
+                raise TunnelUnavailable(str(failure))
 
     async def _connect(self) -> trio.SSLStream[trio.SocketStream]:
         with trio.fail_after(self.connect_timeout):
@@ -134,29 +152,59 @@ class TunnelClient:
             else:
                 delay = self.backoff.delay(attempt)
             attempt += 1
-            log.info("tunnel unavailable (%s); retrying in %.1f s", self.last_error, delay)
-            await trio.sleep(delay)
+            self._log_failure(delay)
+            await self._backoff(delay)
         self._set("stopped")
+
+    def _log_failure(self, delay: float) -> None:
+        """A permanent cause at ERROR once, a transient one at INFO once, repeats at DEBUG."""
+        failure = self.failure
+        if failure is None:
+            log.info("tunnel unavailable (%s); retrying in %.1f s", self.last_error, delay)
+            return
+        if failure == self._logged:
+            log.debug("tunnel unavailable (%s); retrying in %.1f s", failure.message, delay)
+            return
+        self._logged = failure
+        if failure.permanent:
+            log.error("cannot connect to the server: %s (retrying every %g s at most)",
+                      failure, self.backoff.maximum)  # fmt: skip
+        else:
+            log.info("tunnel unavailable (%s); retrying in %.1f s", failure, delay)
+
+    async def _backoff(self, delay: float) -> None:
+        """Sleep `delay`, or less once a request waits for the link: then the next attempt
+        starts DEMAND_INTERVAL (or reconnect_min_delay if shorter) after this one failed, so
+        a waiting request never pays a long backoff, and waiting clients cannot make the
+        agent hammer the server."""
+        failed_at = trio.current_time()
+        self._demand = trio.Event()
+        with trio.move_on_after(delay):
+            await self._demand.wait()
+            await trio.sleep_until(failed_at + min(delay, self.backoff.minimum, DEMAND_INTERVAL))
 
     async def _connect_and_serve(self) -> bool:
         """One connection attempt; True if the link came up (it has ended when this returns)."""
-        where = f"{self.host}:{self.port}"
+        where = host_port(self.host, self.port)
+        tls_done = False
         try:
             transport = await self._connect()
+            tls_done = True
             async with open_link(transport, Role.AGENT, self.link_config) as link:
                 self.connects += 1
                 self.connected_since = time.time()
                 self.last_error = None
+                self.failure = self._logged = None
                 log.info("tunnel up: %s (%s)", where, link.peer_name or "server")
                 self._set("up", link)
                 await link.wait_closed()
                 self.last_error = str(link.error) if link.error else None
                 log.warning("tunnel down: %s", self.last_error or "closed")
                 return True
-        except trio.TooSlowError:
-            self.last_error = f"connecting to {where} timed out after {self.connect_timeout} s"
-        except (OSError, trio.BrokenResourceError, LinkClosed) as exc:
-            self.last_error = f"{where}: {_describe(exc)}"
+        except (trio.TooSlowError, OSError, trio.BrokenResourceError, LinkClosed) as exc:
+            failure = classify(exc, where, tls_done=tls_done, connect_timeout=self.connect_timeout)
+            self.failure = failure
+            self.last_error = failure.message
         finally:
             self.connected_since = None
         return False
@@ -222,14 +270,3 @@ class TunnelClient:
         self._set("stopping", link)
         if link is not None:
             await link.drain("agent shutting down")
-
-
-def _describe(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(exc, trio.BrokenResourceError) and isinstance(cause, ssl.SSLError):
-        return f"TLS handshake failed: {cause.reason or cause}"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
