@@ -1,4 +1,8 @@
-"""The ``fluidity`` command: tools around the agent and server (certificates for now)."""
+"""The ``fluidity`` command: the tools around the agent and the server.
+
+Certificates (`certs`), the agent's state (`status`) and service (`agent install`), the
+local cloud (`local up`), and the AWS deployment (`deploy`, `destroy`).
+"""
 
 from __future__ import annotations
 
@@ -175,6 +179,11 @@ def local_up(port: int, state_dir: Path, time_scale: float, start_delay: float) 
     settings = CloudSettings(time_scale=time_scale, start_delay=start_delay)
     raise SystemExit(up.run(state_dir, port, settings))
 
+
+# -- the agent's state (fluidity/agent/status.py) ----------------------------------------------
+from fluidity.agent.status import status_command  # noqa: E402
+
+main.add_command(status_command)
 
 # -- AWS deployment (fluidity/deploy/) -----------------------------------------------------------
 from fluidity.deploy.commands import deploy_command, destroy_command  # noqa: E402

@@ -46,6 +46,10 @@ def health(tunnel: TunnelClient, proxy: Proxy) -> tuple[int, dict[str, Any]]:
     }
     if tunnel.failure is not None:
         body["failure"] = tunnel.failure.as_json()
+    if (wake := tunnel.wake_progress()) is not None:
+        body["wake"] = wake
+    if tunnel.server_status is not None:
+        body["server_state"] = tunnel.server_status.state
     if link is not None and link.is_open:
         stats = link.statistics()
         body["open_streams"] = stats.open_streams
@@ -108,11 +112,12 @@ async def serve(
     except* AuthError:
         raise  # the key is wrong: kill would be refused too
     except* ControlPlaneError:
-        # Gave up at start: a server woken for nothing should not run until Sleep stops it.
-        if lifecycle is not None and config.kill_on_exit:
+        # Gave up at start: a server woken for nothing should not run until Sleep stops it
+        # (one never woken, as when the API cannot be reached, needs no kill).
+        if lifecycle is not None and config.kill_on_exit and tunnel.woken:
             await _kill(lifecycle.control)
         raise
-    if lifecycle is not None and config.kill_on_exit:
+    if lifecycle is not None and config.kill_on_exit and tunnel.woken:
         await _kill(lifecycle.control)
     log.info("agent stopped")
 

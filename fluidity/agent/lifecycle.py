@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -143,13 +144,20 @@ class ControlPlane:
     async def kill(self) -> ServerStatus:
         return await self.call("POST", "/kill")
 
-    async def wait_until_up(self, poll_interval: float, started: float) -> ServerStatus:
-        """Poll status until the server runs and has an address; log progress meanwhile.
+    async def wait_until_up(
+        self,
+        poll_interval: float,
+        started: float,
+        progress: Callable[[ServerStatus], None] = lambda status: None,
+    ) -> ServerStatus:
+        """Poll status until the server runs and has an address; log progress meanwhile and
+        hand each status to `progress` (the agent's /healthz shows it).
 
         Bound it at the call site (connection_timeout).
         """
         while True:
             status = await self.status()
+            progress(status)
             if status.state == "running" and status.address:
                 return status
             waited = trio.current_time() - started

@@ -3,7 +3,7 @@
 One `ClientConnection` per accepted socket serves keep-alive requests in turn:
 absolute-form requests become Request streams, CONNECT becomes a Connect stream relaying raw
 bytes, and WebSocket upgrades are terminated here with wsproto and relayed message by message.
-Origin-form requests are for the agent itself (/healthz).
+Origin-form requests are for the agent itself: /healthz, and / (the status page, `status`).
 
 What a client sends is never echoed: a malformed request is logged and answered with the kind
 of error and a length, never its bytes (they may hold credentials or private URLs). A transfer
@@ -55,6 +55,7 @@ from . import headers as hdr
 from .burst import BurstLog
 from .headers import BadRequest
 from .settings import is_loopback
+from .status import page as status_page
 from .tunnel_client import TunnelClient, TunnelUnavailable
 from .websocket import relay_websocket, websocket_accept_headers
 
@@ -587,8 +588,11 @@ class ClientConnection:
 
     async def _local(self, request: h11.Request, headers: hdr.HeaderList) -> None:
         path = request.target.split(b"?", 1)[0]
-        if path == b"/healthz" and request.method in {b"GET", b"HEAD"}:
-            if not self.proxy.healthz_allowed(hdr.get(headers, b"host")):
+        allowed = self.proxy.healthz_allowed(hdr.get(headers, b"host"))
+        if request.method in {b"GET", b"HEAD"} and (
+            path == b"/healthz" or (path == b"/" and allowed)  # else "this is a proxy"
+        ):
+            if not allowed:
                 await self._send_simple(
                     421,
                     "/healthz answers only to a loopback Host (127.0.0.1, [::1], localhost, "
@@ -598,6 +602,14 @@ class ClientConnection:
                 )
                 return
             status, body = self.proxy.health()
+            if path == b"/":  # a browser visiting the agent's address: the status page
+                await self._send_simple(
+                    200,
+                    status_page(body, f"http://{self._own_address()}"),
+                    reason=b"status-page",
+                    content_type=b"text/html; charset=utf-8",
+                )
+                return
             await self._send_simple(
                 status,
                 json.dumps(body, indent=2),

@@ -22,7 +22,7 @@ from fluidity.startup import host_port
 from fluidity.tunnel import Link, LinkClosed, LinkConfig, open_link
 
 from .failures import LinkFailure, classify
-from .lifecycle import AuthError, Backoff, ControlPlaneError, Lifecycle
+from .lifecycle import AuthError, Backoff, ControlPlaneError, Lifecycle, ServerStatus
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,12 @@ class TunnelClient:
         self.connects = 0
         self.connected_since: float | None = None
         self.lifecycle = lifecycle
+        #: The server as the control plane last described it (with api_url).
+        self.server_status: ServerStatus | None = None
+        #: When the current wake began (trio time), while waking.
+        self.wake_started: float | None = None
+        #: Whether a wake was ever accepted: only then is there a server to kill on exit.
+        self.woken = False
         self._changed = trio.Event()
         self._demand = trio.Event()
         self._stopping = False
@@ -199,7 +205,10 @@ class TunnelClient:
                 self._set("up", link)
                 await link.wait_closed()
                 self.last_error = str(link.error) if link.error else None
-                log.warning("tunnel down: %s", self.last_error or "closed")
+                if self.stopping:  # our own shutdown: nothing went wrong
+                    log.info("tunnel closed: %s", self.last_error or "closed")
+                else:
+                    log.warning("tunnel down: %s", self.last_error or "closed")
                 return True
         except (trio.TooSlowError, OSError, trio.BrokenResourceError, LinkClosed) as exc:
             failure = classify(exc, where, tls_done=tls_done, connect_timeout=self.connect_timeout)
@@ -220,16 +229,19 @@ class TunnelClient:
         """Wake the server and learn its address; False if it did not come up in time."""
         if not first:
             await self._wait_for_demand()
+        started = self.wake_started = trio.current_time()
         self._set("waking")
-        started = trio.current_time()
         try:
-            status = await lifecycle.control.wake()
+            status = self.server_status = await lifecycle.control.wake()
+            self.woken = True
             log.info("wake: %s (%s)", status.action or status.state, status.state)
             with trio.move_on_after(lifecycle.connection_timeout):
-                status = await lifecycle.control.wait_until_up(lifecycle.retry_interval, started)
+                status = await lifecycle.control.wait_until_up(
+                    lifecycle.retry_interval, started, self._wake_progress
+                )
                 self.host = status.address or self.host
                 self.port = status.port or self.port
-                log.info("server is up at %s:%d after %.0f s", self.host, self.port,
+                log.info("server is up at %s after %.0f s", host_port(self.host, self.port),
                          trio.current_time() - started)  # fmt: skip
                 return True
             reason = (
@@ -240,6 +252,8 @@ class TunnelClient:
             raise
         except ControlPlaneError as exc:
             reason = f"could not wake the server: {exc}"
+        finally:
+            self.wake_started = None
         self.last_error = reason
         if first:
             raise ControlPlaneError(reason)
@@ -247,12 +261,27 @@ class TunnelClient:
         self._set("down")
         return False
 
+    def _wake_progress(self, status: ServerStatus) -> None:
+        self.server_status = status
+
+    def wake_progress(self) -> dict[str, object] | None:
+        """While waking: seconds so far, the control plane's estimate and the task's state."""
+        if self.wake_started is None:
+            return None
+        status = self.server_status
+        return {
+            "elapsed_seconds": round(trio.current_time() - self.wake_started),
+            "estimated_seconds": status.estimated_seconds if status else None,
+            "task_status": status.task_status if status else None,
+            "server_state": status.state if status else None,
+        }
+
     async def _server_went_down(self, lifecycle: Lifecycle) -> bool:
         """After the link ended: True if the server is stopped (the next request wakes it)."""
         if self.stopping:
             return False
         try:
-            status = await lifecycle.control.status()
+            status = self.server_status = await lifecycle.control.status()
         except AuthError:
             raise
         except ControlPlaneError as exc:
