@@ -205,6 +205,19 @@ def _report(files: Sequence[Path]) -> None:
         click.echo(f"  {path}  (mode {mode:04o})")
 
 
+def _cidrs(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    import ipaddress
+
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=True)
+        except ValueError:
+            raise click.BadParameter(
+                f"{value!r} is not a CIDR block (e.g. 127.0.0.1/32 or 127.0.0.0/8)"
+            ) from None
+    return values
+
+
 @main.group("local")
 def local_group() -> None:
     """Run Fluidity on this machine."""
@@ -230,7 +243,41 @@ def local_group() -> None:
     "--start-delay", type=click.FloatRange(min=0), default=2.0, show_default=True,
     help="Seconds the Fargate stand-in takes to start a server (a cold start).",
 )  # fmt: skip
-def local_up(port: int, state_dir: Path, time_scale: float, start_delay: float) -> None:
+@click.option(
+    "--api-port", type=click.IntRange(0, 65535), default=0, show_default=True,
+    help="Port of the API Gateway stand-in on 127.0.0.1 (0: a free one).",
+)  # fmt: skip
+@click.option(
+    "--server-port", type=click.IntRange(0, 65535), default=0, show_default=True,
+    help="Port of the server's TLS listener on 127.0.0.1 (0: a free one).",
+)  # fmt: skip
+@click.option(
+    "--aws-port", type=click.IntRange(0, 65535), default=0, show_default=True,
+    help="Port of moto (the AWS APIs) on 127.0.0.1 (0: a free one).",
+)  # fmt: skip
+@click.option(
+    "--egress-allow",
+    multiple=True,
+    metavar="CIDR",
+    callback=_cidrs,
+    help="Let the server reach these addresses, refused by default (repeatable): "
+    "127.0.0.1/32 lets you try it against a local origin without internet.",
+)
+@click.option(
+    "--log-level", type=click.Choice(["info", "debug"]), default="info", show_default=True,
+    help="info: the lifecycle only; debug: also every AWS and API call.",
+)  # fmt: skip
+def local_up(
+    port: int,
+    state_dir: Path,
+    time_scale: float,
+    start_delay: float,
+    api_port: int,
+    server_port: int,
+    aws_port: int,
+    egress_allow: tuple[str, ...],
+    log_level: str,
+) -> None:
     """Start the local cloud (moto, API Gateway, scheduler and Fargate stand-ins) and an agent
     using it; Ctrl-C stops everything."""
     try:
@@ -243,8 +290,15 @@ def local_up(port: int, state_dir: Path, time_scale: float, start_delay: float) 
     from fluidity.localcloud import up
     from fluidity.localcloud.cloud import CloudSettings
 
-    settings = CloudSettings(time_scale=time_scale, start_delay=start_delay)
-    raise SystemExit(up.run(state_dir, port, settings))
+    settings = CloudSettings(
+        time_scale=time_scale,
+        start_delay=start_delay,
+        aws_port=aws_port,
+        api_port=api_port,
+        server_port=server_port,
+        server_env={"FLUIDITY_EGRESS_ALLOW": ",".join(egress_allow)} if egress_allow else {},
+    )
+    raise SystemExit(up.run(state_dir, port, settings, log_level=log_level))
 
 
 # -- the agent's state and service (fluidity/agent/status.py, service.py) ----------------------

@@ -17,7 +17,7 @@ import time
 
 import trio
 
-from fluidity.protocol import Role
+from fluidity.protocol import ErrorCode, Role
 from fluidity.startup import host_port
 from fluidity.tunnel import Link, LinkClosed, LinkConfig, open_link
 
@@ -205,7 +205,10 @@ class TunnelClient:
                 self._set("up", link)
                 await link.wait_closed()
                 self.last_error = str(link.error) if link.error else None
-                if self.stopping:  # our own shutdown: nothing went wrong
+                goaway = link.conn.goaway_received
+                if self.stopping or (goaway is not None and goaway.code == ErrorCode.NO_ERROR):
+                    # Our own shutdown, or the server's (a restart, the Sleep schedule):
+                    # nothing went wrong.
                     log.info("tunnel closed: %s", self.last_error or "closed")
                 else:
                     log.warning("tunnel down: %s", self.last_error or "closed")

@@ -247,3 +247,18 @@ async def test_our_own_answers_carry_a_reason_phrase_and_a_reason_header(tunnel:
     assert origin_form.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert b"x-fluidity-reason: not-a-proxy-request" in origin_form
     assert f"curl -x http://127.0.0.1:{tunnel.agent.port} ".encode() in origin_form
+
+
+async def test_ctrl_c_is_a_normal_stop_not_a_warning(tunnel: Tunnel) -> None:
+    tunnel.server.signal(signal.SIGINT)  # the server drains: GoAway to the agent
+    with trio.fail_after(15):
+        assert await tunnel.server.wait() == 0
+    tunnel.agent.signal(signal.SIGINT)
+    with trio.fail_after(15):
+        assert await tunnel.agent.wait() == 0
+    for process in (tunnel.server, tunnel.agent):
+        log = process.log()
+        assert "SIGINT received" in log
+        assert " WARNING " not in log, log
+        assert " ERROR " not in log, log
+    assert "tunnel closed: the peer is going away: server shutting down" in tunnel.agent.log()
