@@ -250,7 +250,8 @@ class Proxy:
             return link  # the usual case: no timeout scope needed
         with trio.move_on_after(self.settings.request_wait_timeout):
             return await self.tunnel.wait_link()
-        reason = self.tunnel.last_error or "still connecting"
+        failure = self.tunnel.failure
+        reason = str(failure) if failure else self.tunnel.last_error or "still connecting"
         raise TunnelUnavailable(
             f"tunnel to the server is unavailable after {self.settings.request_wait_timeout:g} s "
             f"({reason})"

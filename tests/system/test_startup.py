@@ -66,3 +66,19 @@ async def test_an_address_not_of_this_machine_names_listen_host(pki: Pki, tmp_pa
     code, output = await exits("fluidity.agent", args, tmp_path)
     assert code == 1
     assert_one_line(output, "192.0.2.1", "not an address of this machine", "listen_host")
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
+async def test_an_ipv6_listener_is_logged_in_brackets(pki: Pki, tmp_path: Path) -> None:
+    args = agent_args(pki, 1, "--listen-host", "::1")
+    async with run_fluidity("fluidity.agent", args, tmp_path) as agent:
+        assert f"proxy listening on http://[::1]:{agent.port} " in agent.log()
