@@ -250,6 +250,8 @@ async def test_our_own_answers_carry_a_reason_phrase_and_a_reason_header(tunnel:
 
 
 async def test_ctrl_c_is_a_normal_stop_not_a_warning(tunnel: Tunnel) -> None:
+    async with http_origin() as origin, client(tunnel) as http:
+        assert (await http.get(url(origin, "/echo"))).status_code == 200  # the link is up
     tunnel.server.signal(signal.SIGINT)  # the server drains: GoAway to the agent
     with trio.fail_after(15):
         assert await tunnel.server.wait() == 0

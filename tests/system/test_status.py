@@ -13,6 +13,7 @@ import trio
 import yaml
 
 from fluidity.localcloud.apigateway import ApiGateway
+from tests.support.origins import http_origin
 from tests.support.processes import Pki, agent_args, run_fluidity
 
 from .conftest import Tunnel
@@ -44,7 +45,18 @@ def agent_yaml(pki: Pki, path: Path, **settings: Any) -> Path:
     return path
 
 
+async def link_up(tunnel: Tunnel) -> None:
+    """Return once the agent's link is up: a proxied request went through."""
+    async with (
+        http_origin() as origin,
+        httpx2.AsyncClient(proxy=tunnel.proxy, trust_env=False, timeout=30) as http,
+    ):
+        response = await http.get(f"http://origin.test:{origin.port}/echo")
+    assert response.status_code == 200
+
+
 async def test_a_browser_at_the_agent_address_gets_the_status_page(tunnel: Tunnel) -> None:
+    await link_up(tunnel)
     async with httpx2.AsyncClient(trust_env=False) as http:
         page = await http.get(f"{tunnel.proxy}/", headers={"accept": "text/html"})
         foreign = await http.get(f"{tunnel.proxy}/", headers={"host": "attacker.example"})
@@ -64,6 +76,7 @@ async def test_a_browser_at_the_agent_address_gets_the_status_page(tunnel: Tunne
 async def test_fluidity_status_reports_the_running_agent(
     tunnel: Tunnel, pki: Pki, tmp_path: Path
 ) -> None:
+    await link_up(tunnel)
     config = agent_yaml(pki, tmp_path / "agent.yaml", listen_port=tunnel.agent.port)
     code, out = await fluidity_cli("status", "--config", str(config))
     assert code == 0, out
