@@ -18,7 +18,8 @@ from fluidity.localcloud.cloud import LocalCloud
 from fluidity.localcloud.scheduler import Firing
 from fluidity.localcloud.up import stop_process
 from tests.support.curl import curl
-from tests.support.origins import http_origin, make_tls, pattern_sha256, websocket_origin
+from tests.support.origins import http_origin, pattern_sha256, websocket_origin
+from tests.support.pki import make_tls
 from tests.support.wsclient import ProxiedWebSocket, proxied_websocket
 
 from .conftest import (
@@ -218,8 +219,11 @@ async def test_a_request_wakes_the_sleeping_server(cloud: LocalCloud) -> None:
             await agent.wait_tunnel("asleep")
             await until(lambda: cloud.fargate.task is None)
         assert reason(slept).startswith("idle:")
-        # Asleep, the agent leaves the server alone (a few Sleep checks' worth of time)...
-        await trio.sleep(1.5)
+        # Asleep, the agent leaves the server alone while Sleep checks go on...
+        seen = len(sleep_checks(cloud))
+        with trio.fail_after(15):
+            while len(sleep_checks(cloud)) < seen + 2:
+                await cloud.scheduler.wait_firing()
         assert (await agent.health())["tunnel"] == "asleep"
         assert statuses(cloud, "POST", "/wake") == [200]
         assert (cloud.fargate.starts, cloud.fargate.stops) == (1, 1)

@@ -26,9 +26,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fluidity.processes import stop_process
-from tests.support.processes import Pki, Running, agent_args, make_pki, run_fluidity, server_args
+from tests.support.pki import Pki, make_pki
+from tests.support.processes import Running, agent_args, run_fluidity, server_args
 
-from .conftest import SERVER_ENV
+from .helpers import SERVER_ENV
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.support.processes import Pki, agent_args, run_fluidity, server_args
+from tests.support.pki import Pki
+from tests.support.processes import agent_args, run_fluidity, server_args
 
 
 @contextmanager

@@ -14,9 +14,10 @@ import yaml
 
 from fluidity.localcloud.apigateway import ApiGateway
 from tests.support.origins import http_origin
-from tests.support.processes import Pki, agent_args, run_fluidity
+from tests.support.pki import Pki
+from tests.support.processes import agent_args, run_fluidity
 
-from .conftest import Tunnel
+from .helpers import Tunnel
 
 
 async def fluidity_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
