@@ -10,15 +10,18 @@ exits with status 1 (`startup_error` finds it in a nursery's exception group).
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import socket
 from typing import Any
 
 import trio
+from cryptography import x509
 
+from fluidity import tls
 from fluidity.settings import names
 
-__all__ = ["StartupError", "host_port", "open_listeners", "startup_error"]
+__all__ = ["StartupError", "expired", "host_port", "open_listeners", "startup_error"]
 
 
 class StartupError(Exception):
@@ -70,6 +73,28 @@ def _bind_failure(config: Any, host_key: str, port_key: str, what: str, exc: OSE
             "its addresses (127.0.0.1 for this machine only, 0.0.0.0 for all)"
         )
     return f"{where}: {exc.strerror or exc}; check {host_names} and {port_names}"
+
+
+def expired(config: Any, key: str, fix: str) -> str | None:
+    """What to say when the certificate of setting `key` is out of its validity period.
+
+    The process still starts (the other side may be what is being fixed, and a certificate
+    can expire while it runs anyway), but this says at once what every link will hit.
+    """
+    try:
+        cert = x509.load_pem_x509_certificate(tls.load_pem(getattr(config, key), key))
+    except ValueError:  # checked when the settings were loaded; nothing more to say here
+        return None
+    now = dt.datetime.now(dt.UTC)
+    if cert.not_valid_after_utc < now:
+        when = f"expired on {cert.not_valid_after_utc:%Y-%m-%d}"
+    elif cert.not_valid_before_utc > now:
+        when = (
+            f"is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (check the clock)"
+        )
+    else:
+        return None
+    return f"the certificate in {key} ({names(config, key)}) {when}: every link will fail; {fix}"
 
 
 def startup_error(group: BaseExceptionGroup[BaseException]) -> StartupError | None:

@@ -16,7 +16,7 @@ import trio
 
 from fluidity.protocol import Settings, WindowPolicy
 from fluidity.readyfile import write_ready_file
-from fluidity.startup import StartupError, host_port, open_listeners, startup_error
+from fluidity.startup import StartupError, expired, host_port, open_listeners, startup_error
 from fluidity.tls import client_ssl_context
 from fluidity.tunnel import LinkConfig
 
@@ -32,6 +32,7 @@ StreamT = TypeVar("StreamT", bound=trio.abc.AsyncResource)
 
 #: How long stopping the server may hold up the agent's exit.
 KILL_TIMEOUT = 10.0
+_NEW_CLIENT_CERT = "issue a new one with `fluidity certs client NAME --dir <CA directory>`"
 
 
 def health(tunnel: TunnelClient, proxy: Proxy) -> tuple[int, dict[str, Any]]:
@@ -67,6 +68,8 @@ async def serve(
     assert config.client_key is not None
     assert config.ca_cert is not None
     context = client_ssl_context(config.client_cert, config.client_key, config.ca_cert)
+    if (problem := expired(config, "client_cert", _NEW_CLIENT_CERT)) is not None:
+        log.error("%s", problem)
     lifecycle = None
     if config.api_url is not None:
         assert config.api_key is not None, "load_config requires api_key with api_url"

@@ -12,7 +12,7 @@ import trio
 
 from fluidity.protocol import Role, Settings, WindowPolicy
 from fluidity.readyfile import write_ready_file
-from fluidity.startup import StartupError, host_port, open_listeners, startup_error
+from fluidity.startup import StartupError, expired, host_port, open_listeners, startup_error
 from fluidity.tls import server_ssl_context
 from fluidity.tunnel import Link, LinkClosed, LinkConfig, open_link
 
@@ -148,6 +148,9 @@ async def serve(
     assert config.ca_cert is not None
     _install_resolver(config)
     context = server_ssl_context(config.server_cert, config.server_key, config.ca_cert)
+    fix = "issue new certificates (`fluidity certs init`, docs/certificates.md)"
+    if (problem := expired(config, "server_cert", fix)) is not None:
+        log.error("%s", problem)
     activity = ActivityTracker()
     # -- CloudWatch metrics (fluidity/server/metrics.py): check before listening ------------
     metrics: MetricsEmitter | None = None

@@ -38,27 +38,29 @@ def other_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("other-pki"))
 
 
-def expired_server_cert(pki: Pki, directory: Path) -> tuple[str, str]:
-    """A server certificate from `pki`'s CA that expired yesterday: (cert path, key path)."""
+def expired_cert(pki: Pki, directory: Path, *, client: bool = False) -> tuple[str, str]:
+    """A server (or client) certificate from `pki`'s CA that expired yesterday:
+    (cert path, key path)."""
     ca_cert = x509.load_pem_x509_certificate(Path(pki.path("ca.pem")).read_bytes())
     ca_key = serialization.load_pem_private_key(Path(pki.path("ca-key.pem")).read_bytes(), None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fluidity-server")])
+    name = "fluidity-client" if client else "fluidity-server"
+    usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name)
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(days=30))
         .not_valid_after(now - dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("fluidity-server")]), False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), False)
         .sign(ca_key, hashes.SHA256())
     )
-    cert_path, key_path = directory / "expired.pem", directory / "expired-key.pem"
+    cert_path, key_path = directory / f"expired-{name}.pem", directory / f"expired-{name}-key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
         key.private_bytes(
@@ -119,7 +121,7 @@ async def test_a_certificate_or_port_mistake_is_named_once_and_fails_requests_at
     elif mistake == "wrong server_name":
         extra = ["--server-name", "not-the-server"]
     elif mistake == "expired server certificate":
-        cert, key = expired_server_cert(pki, tmp_path)
+        cert, key = expired_cert(pki, tmp_path)
         srv_extra = ["--server-cert", cert, "--server-key", key]
     args = server_args(pki, *srv_extra)
     async with run_fluidity("fluidity.server", args, tmp_path, env=SERVER_ENV) as srv:
@@ -136,6 +138,9 @@ async def test_a_certificate_or_port_mistake_is_named_once_and_fails_requests_at
     logged = errors(agent)
     assert len(logged) == 1, "a permanent cause is logged at ERROR once"
     assert words in logged[0]
+    if cause == "certificate_expired":  # the server said so at start, too
+        assert "the certificate in server_cert" in srv.log()
+        assert "expired on" in srv.log()
 
 
 @asynccontextmanager
@@ -181,3 +186,22 @@ async def test_a_closed_port_is_retried_quietly(pki: Pki, tmp_path: Path) -> Non
     assert health["failure"]["cause"] == "refused"
     assert health["failure"]["permanent"] is False
     assert errors(agent) == [], "a server that is not up (yet) is no configuration mistake"
+
+
+async def test_an_expired_client_certificate_is_named_at_start_and_when_rejected(
+    pki: Pki, tmp_path: Path
+) -> None:
+    cert, key = expired_cert(pki, tmp_path, client=True)
+    async with (
+        run_fluidity("fluidity.server", server_args(pki), tmp_path, env=SERVER_ENV) as srv,
+        agent_of(pki, srv.port, tmp_path, "--client-cert", cert, "--client-key", key) as agent,
+    ):
+        response, health = await request_and_health(agent)
+    assert response.status_code == 502
+    assert health["failure"]["cause"] == "certificate_rejected"
+    first, *rest = errors(agent)
+    assert "the certificate in client_cert" in first
+    assert "expired on" in first
+    assert "fluidity certs client" in first, "it says how to get a new one"
+    assert len(rest) == 1
+    assert "rejected our client certificate" in rest[0]
