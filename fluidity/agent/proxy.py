@@ -318,6 +318,8 @@ class ClientConnection:
         self.auth_failures = 0
         #: Bytes read from the client for HTTP (not tunnels): logged instead of the bytes.
         self.received = 0
+        #: The request being answered is a HEAD: our own answers then carry no body.
+        self.head_request = False
 
     def peer(self) -> str:
         """The client's address, for logs."""
@@ -396,7 +398,8 @@ class ClientConnection:
         if close or status >= 500 or self.proxy.shutting_down:
             headers.append((b"connection", b"close"))
         await self._send(h11.Response(status_code=status, headers=headers, reason=_phrase(status)))
-        await self._send(h11.Data(data=body))
+        if not self.head_request:  # h11 frames a HEAD answer without a body
+            await self._send(h11.Data(data=body))
         await self._send(h11.EndOfMessage())
 
     # -- the request loop -----------------------------------------------------------------
@@ -524,6 +527,7 @@ class ClientConnection:
 
     async def _handle(self, request: h11.Request) -> bool:
         """Serve one request; True if the connection may be kept alive."""
+        self.head_request = request.method == b"HEAD"
         headers = list(request.headers)  # once: h11's Headers iterate slowly, by index
         expected = self.proxy._auth
         if expected is not None:

@@ -122,3 +122,18 @@ async def test_a_server_never_woken_is_not_killed_on_exit(pki: Pki, tmp_path: Pa
     errors = [line for line in output.splitlines() if " ERROR " in line]
     assert len(errors) == 1, output
     assert "could not wake the server" in errors[0]
+
+
+async def test_head_of_the_agent_pages_has_the_headers_and_no_body(tunnel: Tunnel) -> None:
+    async with httpx2.AsyncClient(trust_env=False) as http:
+        page = await http.head(f"{tunnel.proxy}/")
+        health = await http.head(f"{tunnel.proxy}/healthz")
+        after = await http.get(f"{tunnel.proxy}/healthz")  # the agent is still fine
+    assert page.status_code == 200
+    assert page.headers["x-fluidity-reason"] == "status-page"
+    assert int(page.headers["content-length"]) > 0
+    assert page.content == b""
+    assert health.headers["x-fluidity-reason"] == "healthz"
+    assert health.content == b""
+    assert after.json()["tunnel"] in {"up", "connecting"}
+    assert "error serving a client connection" not in tunnel.agent.log()
