@@ -1,0 +1,86 @@
+"""Routing rules on their own: what each pattern matches, first match wins, the default, and
+the errors that name the entry at fault."""
+
+from __future__ import annotations
+
+import pytest
+
+from fluidity.agent.routing import Action, Routes, check_routes
+
+RULES = (
+    "block ads.corp.example",
+    "direct .corp.example intranet 10.0.0.0/8 fd00::/8 192.168.1.7",
+    "tunnel .example.com",
+    "block 127.0.0.0/8",
+)
+
+#: (destination as a client gives it, action, number of the deciding rule or None).
+TABLE = [
+    ("ads.corp.example", Action.BLOCK, 1),  # the earlier rule wins over the domain below
+    ("ADS.Corp.Example.", Action.BLOCK, 1),  # case and a final dot do not matter
+    ("x.ads.corp.example", Action.DIRECT, 2),  # an exact host does not cover names under it
+    ("corp.example", Action.DIRECT, 2),  # a domain covers itself...
+    ("wiki.corp.example", Action.DIRECT, 2),  # ...and every name under it
+    ("a.b.corp.example", Action.DIRECT, 2),
+    ("notcorp.example", Action.DIRECT, None),  # not a label boundary: the default (direct)
+    ("corp.example.org", Action.DIRECT, None),
+    ("intranet", Action.DIRECT, 2),
+    ("intranet.corp.example", Action.DIRECT, 2),
+    ("10.1.2.3", Action.DIRECT, 2),
+    ("11.0.0.1", Action.DIRECT, None),
+    ("192.168.1.7", Action.DIRECT, 2),
+    ("192.168.1.8", Action.DIRECT, None),
+    ("fd12::1", Action.DIRECT, 2),
+    ("[fd12::1]", Action.DIRECT, 2),
+    ("fe80::1", Action.DIRECT, None),
+    ("::ffff:10.9.9.9", Action.DIRECT, 2),  # an IPv4-mapped address is the IPv4 one
+    ("www.example.com", Action.TUNNEL, 3),
+    ("127.0.0.1", Action.BLOCK, 4),
+    ("localhost", Action.DIRECT, None),  # a name is never resolved to match an address rule
+]
+
+
+@pytest.mark.parametrize(("host", "action", "number"), TABLE)
+def test_first_matching_rule_decides(host: str, action: Action, number: int | None) -> None:
+    routes = Routes.parse(RULES, "direct")
+    decision = routes.decide(host)
+    assert decision.action is action
+    assert (decision.rule.number if decision.rule else None) == number
+
+
+def test_no_rules_route_everything_the_default_way() -> None:
+    assert Routes().decide("anything.example").action is Action.TUNNEL
+    assert Routes.parse((), "block").decide("10.0.0.1").action is Action.BLOCK
+    assert not Routes().uses_direct
+    assert Routes.parse((), "direct").uses_direct
+    assert Routes.parse(("direct intranet",)).uses_direct
+
+
+def test_describe_names_the_rule_as_written() -> None:
+    routes = Routes.parse(("Block  ads.example   tracker.example",))
+    assert routes.decide("ads.example").describe() == "rule 1 (block ads.example tracker.example)"
+    assert routes.decide("other.example").describe() == "the default route (tunnel)"
+    assert check_routes(("Block  ads.example",)) == ("block ads.example",)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("", "entry 1 ('') is empty"),
+        ("allow .corp.example", "starts with 'allow': expected an action, one of tunnel, direct"),
+        ("direct", "names no destination"),
+        ("direct *.corp.example", "write '.corp.example' rather than '*.corp.example'"),
+        ("block http://ads.example/", "'http://ads.example/' is not a pattern"),
+        ("block 10.0.0.0/33", "'10.0.0.0/33' is not a pattern"),
+        ("block 1.2.3", "'1.2.3' is not a pattern"),
+    ],
+)
+def test_bad_entries_name_the_entry_and_what_is_expected(entry: str, message: str) -> None:
+    with pytest.raises(ValueError, match="entry 1") as info:
+        Routes.parse((entry,))
+    assert message in str(info.value)
+
+
+def test_a_bad_default_is_refused() -> None:
+    with pytest.raises(ValueError, match="expected one of tunnel, direct, block"):
+        Routes.parse((), "proxy")
