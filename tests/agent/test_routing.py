@@ -3,7 +3,11 @@ the errors that name the entry at fault."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
+import yaml
 
 from fluidity.agent.routing import Action, Routes, check_routes
 
@@ -84,3 +88,15 @@ def test_bad_entries_name_the_entry_and_what_is_expected(entry: str, message: st
 def test_a_bad_default_is_refused() -> None:
     with pytest.raises(ValueError, match="expected one of tunnel, direct, block"):
         Routes.parse((), "proxy")
+
+
+def test_the_example_in_docs_routing_decides_as_the_page_says() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "routing.md").read_text()
+    block = re.search(r"```yaml\n(.*?)```", text, re.DOTALL)
+    assert block is not None
+    config = yaml.safe_load(block.group(1))
+    routes = Routes.parse(config["routes"], config["default_route"])
+    assert routes.decide("vpn.corp.example").action is Action.TUNNEL
+    assert routes.decide("wiki.corp.example").action is Action.DIRECT
+    blocked = routes.decide("ads.example")
+    assert f"`ads.example is blocked by the agent's\n{blocked.describe()}`" in text
