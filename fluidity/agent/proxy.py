@@ -288,12 +288,13 @@ class Proxy:
             where = "the direct link" if route is Action.DIRECT else "tunnel to the server"
             raise TunnelUnavailable(f"{where} is unavailable ({exc})") from exc
 
-    def route(self, host: str, peer: str, what: str) -> Action:
+    def route(self, host: str, kind: str, client: trio.abc.Stream) -> Action:
         """Where traffic to `host` goes; raises `Blocked` when a block rule (or the default)
-        refuses it. `what` names the request in the log line ("CONNECT host:443")."""
+        refuses it. `kind` ("CONNECT") and `client` are only for the log line of a block."""
         decision = self.settings.routes.decide(host)
         if decision.action is Action.BLOCK:
-            log.debug("blocked %s from %s: %s", what, peer, decision.describe())
+            log.debug("blocked %s to %s from %s: %s", kind, host, peer_of(client),
+                      decision.describe())  # fmt: skip
             raise Blocked(f"{host} is blocked by the agent's {decision.describe()}")
         return decision.action
 
@@ -678,7 +679,7 @@ class ClientConnection:
 
     async def _forward(self, request: h11.Request, headers: hdr.HeaderList) -> None:
         target = hdr.parse_target(request.target)
-        route = self.proxy.route(target.host, self.peer(), f"{request.method.decode()} request")
+        route = self.proxy.route(target.host, "request", self.client)
         body = hdr.has_body(headers)
         head = Request(
             0,
@@ -786,7 +787,7 @@ class ClientConnection:
 
     async def _connect(self, request: h11.Request) -> None:
         host, port = hdr.parse_authority(request.target)
-        route = self.proxy.route(host, self.peer(), f"CONNECT {host}:{port}")
+        route = self.proxy.route(host, "CONNECT", self.client)
         stream = await self._open(Connect(0, host, port), route)
         log.debug("CONNECT %s:%d", host, port)
         async with stream:
@@ -813,7 +814,7 @@ class ClientConnection:
             tuple(hdr.websocket_headers(headers, target)),
             hdr.subprotocols(headers),
         )
-        route = self.proxy.route(target.host, self.peer(), "WebSocket")
+        route = self.proxy.route(target.host, "WebSocket", self.client)
         stream = await self._open(head, route)
         log.debug("WebSocket %s://%s", target.scheme, target.authority.decode())
         async with stream:

@@ -159,7 +159,7 @@ class SocksConnection:
         host, port = request.host, request.port
         what = f"SOCKS CONNECT {host}:{port}"
         try:
-            route = self.proxy.route(host, peer, what)
+            route = self.proxy.route(host, "SOCKS CONNECT", self.client)
             stream = await self.proxy.open_stream(Connect(0, host, port), route)
         except Blocked:
             await self._reply(Reply.NOT_ALLOWED)
