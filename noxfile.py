@@ -53,11 +53,14 @@ def local(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Throughput, latency and memory through the agent vs. direct (not part of the tests).
+    """Throughput, latency and memory through the agent vs. direct and same-shape peers.
 
-    Extra arguments go to the bench (`nox -s bench -- --help`); results in .bench/results.json.
+    Not part of the tests. pproxy (the two-hop TLS peer) comes from the package index; squid
+    runs beside it when the machine has it. Extra arguments go to the bench
+    (`nox -s bench -- --help`); results in .bench/results.json.
     """
     install(session)
+    session.install("pproxy")
     if any(arg.startswith("--profile") for arg in session.posargs):
         session.install("py-spy")
     session.run("python", "-m", "tests.bench", *session.posargs)

@@ -155,8 +155,13 @@ class StreamState:
     #: The receive window: recv_window + bytes held by the application + unacked. 0 once the
     #: peer's direction ended (nothing more will come, so it no longer counts in the budget).
     window: int = 0
-    #: When the current auto-tuning epoch began (the last WindowUpdate), None before any read.
+    #: When the current auto-tuning epoch began (the last WindowUpdate, or the first read after
+    #: a pause longer than the RTT), None before any read.
     epoch_start: float | None = None
+    #: Bytes consumed since `epoch_start` (the read that starts an epoch not counted).
+    epoch_bytes: int = 0
+    #: When the application last consumed bytes of the stream.
+    last_read: float = 0.0
 
 
 _NO_KIND: frozenset[StreamKind] = frozenset()
@@ -439,8 +444,16 @@ class Connection:
         stream = self.streams.get(stream_id)
         if stream is None or stream.remote_closed or size <= 0:
             return
-        if stream.epoch_start is None and now is not None:
-            stream.epoch_start = now
+        if now is not None:
+            if stream.epoch_start is None or (
+                self.rtt is not None and now - stream.last_read > self.rtt
+            ):
+                # The first read, or the first after a pause: what came before (a TLS
+                # handshake, a client that paused) says nothing about the path's pace.
+                stream.epoch_start, stream.epoch_bytes = now, 0
+            else:
+                stream.epoch_bytes += size
+            stream.last_read = now
         stream.unacked += size
         if stream.unacked < stream.window // 2:
             return
@@ -456,20 +469,26 @@ class Connection:
 
         Shrinks a grown window toward the initial one while the link is over its budget (the
         shrink is taken from the credit being returned, so it is never below -consumed).
-        Otherwise, if the half window was consumed within GROWTH_RTTS round trips, grows it to
-        the window that would make such an epoch last GROWTH_RTTS round trips: at least 2x, at
-        most MAX_GROWTH x, max_window, and half of the budget left.
+        Otherwise, if the epoch's bytes were consumed at a pace that would take less than
+        GROWTH_RTTS round trips for half the window, grows it to the window that would make
+        such an epoch last GROWTH_RTTS round trips: at least 4x, at most MAX_GROWTH x,
+        max_window, and half of the budget left.
         """
         assert stream.epoch_start is not None
         elapsed = now - stream.epoch_start
-        stream.epoch_start = now
+        paced = stream.epoch_bytes
+        stream.epoch_start, stream.epoch_bytes = now, 0
         window = stream.window
         over = self.recv_committed - self.policy.receive_budget
         if over > 0:
             change = -min(window - self.local_settings.initial_window, over, consumed)
-        elif self.rtt is not None and elapsed * window < GROWTH_RTTS * self.rtt * 2 * consumed:
-            # The condition, multiplied out: elapsed < GROWTH_RTTS * rtt * consumed / (window/2).
-            wanted = 2 * GROWTH_RTTS * self.rtt * consumed / elapsed if elapsed > 0 else math.inf
+        elif (
+            self.rtt is not None
+            and paced > 0
+            and elapsed * window < GROWTH_RTTS * self.rtt * 2 * paced
+        ):
+            # The condition, multiplied out: elapsed < GROWTH_RTTS * rtt * paced / (window/2).
+            wanted = 2 * GROWTH_RTTS * self.rtt * paced / elapsed if elapsed > 0 else math.inf
             target = min(max(4 * window, wanted), MAX_GROWTH * window, self.policy.max_window)
             change = max(0, min(round(target) - window, -over // 2))
         else:

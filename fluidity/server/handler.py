@@ -1,7 +1,8 @@
 """The server's handler for tunnel streams: one call per stream the agent opens.
 
-`open_stream_handler()` builds it with the one upstream HTTP client every request shares and
-closes that client when the server stops; the link runs `handler(stream)` for each new stream.
+`open_stream_handler()` builds it with the one origin pool every request shares (and the task
+that closes the pool's expired connections) and closes the pool when the server stops; the link
+runs `handler(stream)` for each new stream.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import attrs
-import httpx2
 import trio
 
 from fluidity.protocol import StreamKind
@@ -20,9 +20,9 @@ from fluidity.tunnel import LinkClosed, StreamReset, TunnelStream
 from .activity import ActivityTracker
 from .egress import EgressPolicy
 from .idle import DEFAULT_HALF_CLOSED_TIMEOUT, DEFAULT_IDLE_TIMEOUT
-from .origin_pool import OriginPool
+from .origin_pool import OriginPool, origin_ssl_context
 from .upstream_connect import serve_connect
-from .upstream_http import make_client, serve_request
+from .upstream_http import serve_request
 from .upstream_ws import DEFAULT_MAX_MESSAGE, serve_websocket
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -34,12 +34,12 @@ class StreamHandler:
     """Serves each stream by kind: HTTP request, CONNECT tunnel, or WebSocket."""
 
     policy: EgressPolicy
-    client: httpx2.AsyncClient
+    pool: OriginPool
     activity: ActivityTracker
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     read_timeout: float = DEFAULT_READ_TIMEOUT
-    #: TLS for wss:// origins (https:// ones use the client's).
-    ssl_context: ssl.SSLContext = attrs.field(factory=ssl.create_default_context)
+    #: TLS for wss:// origins (https:// ones use the pool's).
+    ssl_context: ssl.SSLContext = attrs.field(factory=origin_ssl_context)
     max_ws_message: int = DEFAULT_MAX_MESSAGE
     #: CONNECT tunnels and WebSockets end after this long with nothing moving (see `idle`).
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
@@ -68,7 +68,7 @@ class StreamHandler:
                 with trio.CancelScope() as scope:
                     stream.cancel_on_failure(scope)
                     if stream.kind is StreamKind.REQUEST:
-                        await serve_request(stream, self.client, self.activity)
+                        await serve_request(stream, self.pool, self.activity)
                     else:
                         await serve_connect(
                             stream,
@@ -96,25 +96,30 @@ async def open_stream_handler(
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     half_closed_timeout: float = DEFAULT_HALF_CLOSED_TIMEOUT,
 ) -> AsyncIterator[StreamHandler]:
-    """A handler with its shared upstream client, closed when the block ends.
+    """A handler with its shared origin pool, closed when the block ends.
 
-    `verify` is the TLS context for https and wss origins (default: the system CA store).
+    `verify` is the TLS context for https and wss origins, used as it is (default:
+    `origin_ssl_context()`, the system CA store).
     """
     policy = policy if policy is not None else EgressPolicy()
-    context = verify if verify is not None else ssl.create_default_context()
-    pool = OriginPool(policy, connect_timeout, context)
-    client = make_client(policy, connect_timeout, read_timeout, pool=pool)
-    async with client, trio.open_nursery() as nursery:
-        nursery.start_soon(pool.close_expired)
-        yield StreamHandler(
-            policy,
-            client,
-            activity if activity is not None else ActivityTracker(),
-            connect_timeout,
-            read_timeout,
-            context,
-            max_ws_message,
-            idle_timeout,
-            half_closed_timeout,
-        )
-        nursery.cancel_scope.cancel()
+    context = verify if verify is not None else origin_ssl_context()
+    pool = OriginPool(
+        policy, connect_timeout=connect_timeout, read_timeout=read_timeout, ssl_context=context
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pool.close_expired)
+            yield StreamHandler(
+                policy,
+                pool,
+                activity if activity is not None else ActivityTracker(),
+                connect_timeout,
+                read_timeout,
+                context,
+                max_ws_message,
+                idle_timeout,
+                half_closed_timeout,
+            )
+            nursery.cancel_scope.cancel()
+    finally:
+        pool.close()

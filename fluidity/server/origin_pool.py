@@ -1,38 +1,48 @@
-"""HTTP/1.1 to origins: a lean keep-alive pool on h11, the transport under the shared client.
+"""HTTP/1.1 to origins: the server's own small client on h11, with a keep-alive pool.
 
-httpcore's pool cost about 330 µs of CPU per small request (it scans every pooled connection,
-with a poll() each, on every request and release); this one does what the proxy needs and no
-more: one h11 connection per socket, idle sockets kept newest first per (scheme, host, port),
-one readability check when one is taken, no lock. `close_expired`, run beside the pool, closes
-idle sockets as they expire, so an origin that keeps them open does not hold them until the
-next request.
+Why not httpx2 over httpcore2: on the bench the server spent three times the CPU per proxied
+1 KiB GET with it (httpcore2's pool scans every pooled connection, with a poll() each, on every
+request and release), and what httpx2 adds above it (auth, cookies, redirects, URL
+normalization, default headers) is what a proxy must turn off (docs/data-plane.md, "Upstream
+client", has the numbers). This does what the proxy needs and no more: one h11 connection per
+socket, idle sockets kept newest first per (scheme, host, port), one readability check when
+one is taken, no lock.
 
-Every connection is opened by `egress.open_tcp`, so the policy sees it; its `UpstreamError`s
-pass through untouched, status and all. Other failures become httpx2's exceptions with a short
-reason, as they reach the user as 502/504 answers. A connection goes back to the pool only
-when both sides finished the exchange and keep-alive holds; anything else (an error, a
-cancelled request, a body not read to the end) closes it. A reused connection the origin
-closed as the request went out costs one retry on a new connection, for a bodiless request
-with an idempotent method only: anything else may have been acted on, so it is not replayed.
+Every connection is opened by `egress.open_tcp`, so the policy sees it (its errors pass
+through untouched). Other failures are translated here, once, into the same tree::
+
+    UpstreamError
+    ├── OriginError      502  the origin failed: refused TLS, dropped the connection, broke HTTP
+    │   └── HeadTooLarge 502  its response head is larger than one tunnel frame
+    ├── OriginTimeout    504  it sent nothing (or read nothing) for the read (write) timeout
+    └── InvalidRequest   400  the request cannot be sent as HTTP/1.1 (without quoting it)
+
+A connection goes back to the pool only when both sides finished the exchange and keep-alive
+holds; anything else (an error, a cancelled request, a body not read to the end) closes it. A
+reused connection the origin closed as the request went out costs one retry on a new
+connection, for a bodiless request with an idempotent method only: anything else may have been
+acted on, so it is not replayed.
+
+Closing never waits: a TLS stream made `https_compatible` (as every HTTP client's is) closes
+by closing its socket, as a plain one does, so connections are closed where they are dropped,
+with no await on the request path. `close_expired`, run beside the pool, closes idle ones as
+they expire, so an origin that keeps them open does not hold them until the next request.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import re
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from typing import Any
+from typing import Protocol
 
 import attrs
 import h11
-import httpx2
 import trio
 
 from fluidity.protocol import DEFAULT_MAX_DATA_SIZE
 
-from .egress import EgressPolicy, UpstreamError, open_tcp
+from .egress import ConnectTimeout, EgressPolicy, UpstreamError, open_tcp
 
 log = logging.getLogger(__name__)
 
@@ -42,34 +52,49 @@ READ_SIZE = 64 * 1024
 #: max_data_size; the frame's envelope leaves room for the status line). A larger head could
 #: not reach the agent anyway, so it is refused while reading (502), not buffered.
 MAX_HEAD = DEFAULT_MAX_DATA_SIZE
-#: How long closing an origin connection may take before it is dropped.
-CLOSE_TIMEOUT = 2.0
 #: Idle connections kept, over all origins; the oldest goes first.
 MAX_IDLE = 64
 #: An idle connection older than this is closed rather than used.
 KEEPALIVE_EXPIRY = 30.0
 
-Key = tuple[bytes, bytes, int]  # scheme, host, port
+#: Where a request goes: scheme ("http" or "https"), host (lower case), port.
+Origin = tuple[str, str, int]
 
 #: Methods a request may be sent again with (RFC 9110 9.2.2): when a reused connection drops
 #: a request unanswered, only these are retried; a POST or PATCH answers 502 instead.
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
-#: The response extension holding the body stream itself: the same bytes as
-#: `Response.aiter_raw()`, without httpx2's two generators per chunk. Closing the response
-#: closes it (an unfinished body closes its connection).
-BODY_EXTENSION = "fluidity.body"
-
-_NO_TIMEOUTS: Mapping[str, float | None] = {}
-_HTTP11 = b"HTTP/1.1"
 _ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
-def _why(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc
-    if isinstance(cause, ssl.SSLError):
-        return cause.reason or cause.__class__.__name__
-    return str(cause) or cause.__class__.__name__
+class OriginError(UpstreamError):
+    """The origin failed (502); the reason says how."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(502, reason)
+
+
+class HeadTooLarge(OriginError):
+    """The origin's response head is larger than one tunnel frame carries."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"the origin's response head is larger than the tunnel carries ({limit} bytes)"
+        )
+
+
+class OriginTimeout(UpstreamError):
+    """The origin sent nothing, or read nothing, for as long as allowed (504)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(504, reason)
+
+
+class InvalidRequest(UpstreamError):
+    """The request cannot be sent as HTTP/1.1 (400)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(400, reason)
 
 
 #: Where h11 starts quoting the data it refused ("Illegal header value b'...'").
@@ -83,21 +108,58 @@ def request_error(exc: h11.LocalProtocolError) -> str:
     return f"the request cannot be sent as HTTP/1.1: {why}"
 
 
-def _seconds(timeout: float | None) -> float:
-    return math.inf if timeout is None else timeout
+def origin_ssl_context(cadata: str | None = None) -> ssl.SSLContext:
+    """A TLS context for origins: the system CA store (or `cadata` alone), ALPN http/1.1.
+
+    The pool speaks HTTP/1.1 only, so it says so; a context a caller hands the pool is used
+    as it is (it may be shared: the pool never changes it).
+    """
+    context = ssl.create_default_context(cadata=cadata)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def _why(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc
+    if isinstance(cause, ssl.SSLError):
+        return cause.reason or cause.__class__.__name__
+    return str(cause) or cause.__class__.__name__
+
+
+def _write_error(exc: BaseException) -> OriginError:
+    error = OriginError(f"writing to the origin failed: {_why(exc)}")
+    error.__cause__ = exc
+    return error
+
+
+def _read_error(exc: BaseException) -> OriginError:
+    error = OriginError(f"reading from the origin failed: {_why(exc)}")
+    error.__cause__ = exc
+    return error
+
+
+def _write_timeout(seconds: float) -> OriginTimeout:
+    return OriginTimeout(f"the origin read nothing for {seconds:g} s")
+
+
+def _read_timeout(seconds: float) -> OriginTimeout:
+    return OriginTimeout(f"the origin sent nothing for {seconds:g} s")
+
+
+def _broke(exc: h11.RemoteProtocolError) -> OriginError:
+    error = OriginError(f"the origin broke HTTP/1.1: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+class Body(Protocol):
+    """A request body as the pool reads it: chunks, then b"" once it ended."""
+
+    async def receive_some(self) -> bytes: ...
 
 
 class _Stale(Exception):
     """A reused connection the origin closed before answering; the request may go again."""
-
-
-class HeadTooLarge(UpstreamError):
-    """The origin's response head is larger than one tunnel frame carries."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(
-            502, f"the origin's response head is larger than the tunnel carries ({limit} bytes)"
-        )
 
 
 class _Connection:
@@ -106,7 +168,7 @@ class _Connection:
     __slots__ = ("expires", "h11", "key", "max_head", "reused", "sock", "stream")
 
     def __init__(
-        self, key: Key, stream: trio.abc.Stream, sock: trio.SocketStream, max_head: int
+        self, key: Origin, stream: trio.abc.Stream, sock: trio.SocketStream, max_head: int
     ) -> None:
         self.key = key
         self.stream = stream
@@ -117,18 +179,8 @@ class _Connection:
         self.expires = 0.0
 
     def close(self) -> None:
-        """Drop the socket now: for a connection that failed or is mid-exchange."""
+        """Close the socket: all a TLS stream in https_compatible mode does, without waiting."""
         self.sock.socket.close()
-
-    async def aclose(self) -> None:
-        """Close an idle connection within CLOSE_TIMEOUT, else drop it."""
-        try:
-            with trio.move_on_after(CLOSE_TIMEOUT):
-                await self.stream.aclose()
-        except _ERRORS:
-            pass
-        finally:
-            self.sock.socket.close()
 
     async def send_all(self, data: bytes, seconds: float) -> None:
         try:
@@ -148,26 +200,6 @@ class _Connection:
         raise _read_timeout(seconds)
 
 
-def _write_error(exc: BaseException) -> httpx2.WriteError:
-    error = httpx2.WriteError(f"writing to the origin failed: {_why(exc)}")
-    error.__cause__ = exc
-    return error
-
-
-def _read_error(exc: BaseException) -> httpx2.ReadError:
-    error = httpx2.ReadError(f"reading from the origin failed: {_why(exc)}")
-    error.__cause__ = exc
-    return error
-
-
-def _write_timeout(seconds: float) -> httpx2.WriteTimeout:
-    return httpx2.WriteTimeout(f"the origin read nothing for {seconds:g} s")
-
-
-def _read_timeout(seconds: float) -> httpx2.ReadTimeout:
-    return httpx2.ReadTimeout(f"the origin sent nothing for {seconds:g} s")
-
-
 def _send(conn: h11.Connection, event: h11.Event) -> bytes:
     return conn.send(event) or b""
 
@@ -184,7 +216,7 @@ async def _send_and_receive_head(
     (entering a scope costs twice what moving a deadline does); which wait was cut short
     says which timeout to report.
     """
-    failed: httpx2.WriteError | None = None
+    failed: OriginError | None = None
     reading = False
     with trio.CancelScope(deadline=trio.current_time() + write_timeout) as scope:
         try:
@@ -210,7 +242,7 @@ async def _receive_head(
     scope: trio.CancelScope,
     seconds: float,
     retry: bool,
-    failed: httpx2.WriteError | None,
+    failed: OriginError | None,
 ) -> h11.Response:
     """Read up to the response head, each read bounded by `seconds` through `scope`'s deadline.
 
@@ -225,10 +257,10 @@ async def _receive_head(
     while True:
         try:
             event = h.next_event()
-        except h11.RemoteProtocolError:
+        except h11.RemoteProtocolError as exc:
             if got > conn.max_head:  # h11's max_incomplete_event_size
                 raise HeadTooLarge(conn.max_head) from None
-            raise
+            raise _broke(exc) from exc
         if isinstance(event, h11.Response):
             if got > conn.max_head and got - len(h.trailing_data[0]) > conn.max_head:
                 raise HeadTooLarge(conn.max_head)
@@ -250,20 +282,11 @@ async def _receive_head(
                     raise _Stale
                 if failed is not None:
                     raise failed
-                raise httpx2.RemoteProtocolError(
-                    "the origin closed the connection without answering"
-                )
+                raise OriginError("the origin closed the connection without answering")
             got += len(received)
             h.receive_data(received)  # type: ignore[arg-type]  # any bytes-like, says h11
         elif not isinstance(event, h11.InformationalResponse):
-            raise httpx2.RemoteProtocolError("the origin closed the connection mid-answer")
-
-
-async def _close_body(body: AsyncIterator[bytes]) -> None:
-    """Close a request body we stop reading early (trio warns about generators left to GC)."""
-    if isinstance(body, AsyncGenerator):
-        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
-            await body.aclose()
+            raise OriginError("the origin closed the connection mid-answer")
 
 
 @attrs.frozen
@@ -272,33 +295,38 @@ class PoolStatistics:
     idle: int
 
 
-class OriginPool(httpx2.AsyncBaseTransport):
-    """An httpx2 transport: HTTP/1.1 over h11, keep-alive, connections through the policy.
+class OriginPool:
+    """HTTP/1.1 over h11 to origins, keep-alive, every connection through the policy.
 
     No cap on connections in use (one per request in flight); at most `max_idle` idle ones,
-    each kept at most `keepalive_expiry` seconds. `ssl_context` is used for https origins
-    (ALPN http/1.1 is set on it). A response head above `max_head` bytes is refused (502).
+    each kept at most `keepalive_expiry` seconds. `ssl_context` is for https origins (by
+    default `origin_ssl_context()`; one given is used unchanged). A response head above
+    `max_head` bytes is refused (502). Each read waits at most `read_timeout` seconds, each
+    write `write_timeout` (default: the read timeout).
     """
 
     def __init__(
         self,
         policy: EgressPolicy,
-        connect_timeout: float,
-        ssl_context: ssl.SSLContext,
         *,
+        connect_timeout: float,
+        read_timeout: float,
+        write_timeout: float | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         max_idle: int = MAX_IDLE,
         keepalive_expiry: float = KEEPALIVE_EXPIRY,
         max_head: int = MAX_HEAD,
     ) -> None:
-        ssl_context.set_alpn_protocols(["http/1.1"])
-        self._max_head = max_head
         self._policy = policy
         self._connect_timeout = connect_timeout
-        self._ssl_context = ssl_context
+        self._read_timeout = read_timeout
+        self._write_timeout = read_timeout if write_timeout is None else write_timeout
+        self._ssl_context = ssl_context if ssl_context is not None else origin_ssl_context()
         self._max_idle = max_idle
         self._keepalive_expiry = keepalive_expiry
+        self._max_head = max_head
         #: Idle connections per origin, newest last.
-        self._idle: dict[Key, list[_Connection]] = {}
+        self._idle: dict[Origin, list[_Connection]] = {}
         #: Every idle connection, oldest first (a dict keeps insertion order).
         self._by_age: dict[_Connection, None] = {}
         self._closed = False
@@ -308,131 +336,85 @@ class OriginPool(httpx2.AsyncBaseTransport):
     def statistics(self) -> PoolStatistics:
         return PoolStatistics(idle=len(self._by_age))
 
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        url = request.url
-        scheme = url.raw_scheme
-        if scheme == b"http":
-            tls = False
-        elif scheme == b"https":
-            tls = True
-        else:
-            name = scheme.decode("ascii", "replace")
-            raise httpx2.UnsupportedProtocol(f"the URL scheme must be http or https, not {name}")
-        raw_host = url.raw_host
-        port = url.port or (443 if tls else 80)
-        key = (scheme, raw_host, port)
-        extensions = request.extensions
-        timeouts = extensions.get("timeout") or _NO_TIMEOUTS
-        read_timeout = _seconds(timeouts.get("read"))
-        write_timeout = _seconds(timeouts.get("write"))
-        stream = request.stream
-        assert isinstance(stream, httpx2.AsyncByteStream)
-        try:
-            head = h11.Request(
-                method=request.method,
-                target=extensions.get("target") or url.raw_path,
-                headers=request.headers.raw,
-            )
-        except h11.LocalProtocolError as exc:
-            raise httpx2.LocalProtocolError(request_error(exc)) from None
+    async def request(
+        self,
+        method: bytes,
+        origin: Origin,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: Body | None = None,
+    ) -> OriginResponse:
+        """Send a request and return the response once its head is in; read the body from it.
 
-        conn = await self._checkout(key)
-        if conn is None:
-            conn = await self._connect(key, tls, timeouts)
-        body = stream.__aiter__()
+        `headers` go out as given (Host included: the pool adds nothing); `body` (None: none)
+        is framed by the Content-Length or Transfer-Encoding among them. Raises UpstreamError.
+        """
         try:
-            first = b""
-            ended = False
+            head = h11.Request(method=method, target=target, headers=headers)
+        except h11.LocalProtocolError as exc:
+            raise InvalidRequest(request_error(exc)) from None
+        # The body's first piece goes out with the head, so it is in hand before a connection
+        # is taken: an idle one is checked for life just before it is used.
+        first = b"" if body is None else await body.receive_some()
+        conn = self._checkout(origin)
+        if conn is None:
+            conn = await self._connect(origin)
+        try:
             try:
-                while not first:
-                    first = await body.__anext__()
-            except StopAsyncIteration:
-                ended = True
-            try:
-                event = await self._exchange(
-                    conn, head, first, ended, body, read_timeout, write_timeout
-                )
+                event = await self._exchange(conn, head, first, body if first else None)
             except _Stale:
-                host = raw_host.decode("ascii")
-                log.debug("%s:%d had closed an idle connection; trying a new one", host, port)
+                log.debug("%s:%d had closed an idle connection; trying a new one", *origin[1:])
                 conn.close()
-                conn = await self._connect(key, tls, timeouts)
-                event = await self._exchange(
-                    conn, head, b"", True, body, read_timeout, write_timeout
-                )
+                conn = await self._connect(origin)
+                event = await self._exchange(conn, head, b"", None)
         except BaseException as exc:
             conn.close()
-            await _close_body(body)
-            if isinstance(exc, h11.RemoteProtocolError):
-                raise httpx2.RemoteProtocolError(f"the origin broke HTTP/1.1: {exc}") from exc
             if isinstance(exc, h11.LocalProtocolError):
-                raise httpx2.LocalProtocolError(request_error(exc)) from None
+                raise InvalidRequest(request_error(exc)) from None
             raise
-        body = _ResponseBody(self, conn, read_timeout)
-        return httpx2.Response(
-            status_code=event.status_code,
-            headers=event.headers.raw_items(),
-            stream=body,
-            extensions={
-                "reason_phrase": event.reason,
-                "http_version": _HTTP11
-                if event.http_version == b"1.1"
-                else b"HTTP/" + event.http_version,
-                BODY_EXTENSION: body,
-            },
-        )
+        return OriginResponse(self, conn, event, self._read_timeout)
 
     async def _exchange(
-        self,
-        conn: _Connection,
-        head: h11.Request,
-        first: bytes,
-        ended: bool,
-        body: AsyncIterator[bytes],
-        read_timeout: float,
-        write_timeout: float,
+        self, conn: _Connection, head: h11.Request, first: bytes, body: Body | None
     ) -> h11.Response:
         """Send the request and read the response head.
 
         The head goes out with the first body chunk (or with the end, for a request without
-        a body) in one write: a bodiless GET is a single send_all.
+        a body) in one write: a bodiless GET is a single send_all. `body` has the rest.
         """
         h = conn.h11
         data = h.send(head) or b""
         if first:
             data += _send(h, h11.Data(data=first))
-        if ended:
+        if body is None:
             data += _send(h, _END)
             # Nothing coming back on a connection that was idle means the origin closed it
             # as we sent: safe to send again only if there was no body to lose and the
             # method is idempotent, as the origin may have acted on it all the same.
             retry = conn.reused and not first and head.method in IDEMPOTENT
-            return await _send_and_receive_head(conn, data, retry, read_timeout, write_timeout)
-        failed: httpx2.WriteError | None = None
+            return await _send_and_receive_head(
+                conn, data, retry, self._read_timeout, self._write_timeout
+            )
+        failed: OriginError | None = None
         try:
-            await conn.send_all(data, write_timeout)
-            async for chunk in body:
-                if chunk:
-                    await conn.send_all(_send(h, h11.Data(data=chunk)), write_timeout)
+            await conn.send_all(data, self._write_timeout)
+            while chunk := await body.receive_some():
+                await conn.send_all(_send(h, h11.Data(data=chunk)), self._write_timeout)
             data = _send(h, _END)
             if data:
-                await conn.send_all(data, write_timeout)
-        except httpx2.WriteError as exc:
+                await conn.send_all(data, self._write_timeout)
+        except OriginError as exc:
             # The origin may have answered early and closed (a 413, say): read it anyway.
             failed = exc
-            await _close_body(body)
         with trio.CancelScope() as scope:
-            return await _receive_head(conn, scope, read_timeout, False, failed)
-        raise _read_timeout(read_timeout)
+            return await _receive_head(conn, scope, self._read_timeout, False, failed)
+        raise _read_timeout(self._read_timeout)
 
-    async def _connect(self, key: Key, tls: bool, timeouts: Mapping[str, Any]) -> _Connection:
-        timeout = timeouts.get("connect")
-        if timeout is None:
-            timeout = self._connect_timeout
-        host = key[1].decode("ascii")
-        # UpstreamError (refused, denied, timed out...) passes through untouched.
-        sock = await open_tcp(host, key[2], policy=self._policy, connect_timeout=timeout)
-        if not tls:
+    async def _connect(self, key: Origin) -> _Connection:
+        scheme, host, port = key
+        timeout = self._connect_timeout
+        sock = await open_tcp(host, port, policy=self._policy, connect_timeout=timeout)
+        if scheme != "https":
             return _Connection(key, sock, sock, self._max_head)
         stream = trio.SSLStream(
             sock, self._ssl_context, server_hostname=host, https_compatible=True
@@ -442,12 +424,12 @@ class OriginPool(httpx2.AsyncBaseTransport):
                 await stream.do_handshake()
         except trio.TooSlowError:
             sock.socket.close()
-            raise httpx2.ConnectTimeout(
+            raise ConnectTimeout(
                 f"TLS handshake with {host} timed out after {timeout:g} s"
             ) from None
         except _ERRORS as exc:
             sock.socket.close()
-            raise httpx2.ConnectError(f"TLS handshake with {host} failed: {_why(exc)}") from exc
+            raise OriginError(f"TLS handshake with {host} failed: {_why(exc)}") from exc
         except BaseException:
             sock.socket.close()
             raise
@@ -455,30 +437,35 @@ class OriginPool(httpx2.AsyncBaseTransport):
 
     # -- the idle connections -------------------------------------------------------------
 
-    async def _checkout(self, key: Key) -> _Connection | None:
+    def _checkout(self, key: Origin) -> _Connection | None:
         """The newest usable idle connection to `key`, if any; the ones found dead are closed.
 
         Readable while idle means the origin closed it (or sent junk): close, try the next.
         Older than the newest expired one means expired too: all are closed.
         """
-        while idle := self._idle.get(key):
+        idle = self._idle.get(key)
+        if idle is None:
+            return None
+        found = None
+        while idle:
             conn = idle.pop()
-            if not idle:
-                del self._idle[key]
             del self._by_age[conn]
             if conn.expires <= trio.current_time():
+                conn.close()
                 for older in idle:
                     del self._by_age[older]
-                self._idle.pop(key, None)
-                for older in (conn, *idle):
-                    await older.aclose()
-                return None
-            if not conn.sock.socket.is_readable():
-                return conn
-            await conn.aclose()
-        return None
+                    older.close()
+                idle.clear()
+            elif conn.sock.socket.is_readable():
+                conn.close()
+            else:
+                found = conn
+                break
+        if not idle:
+            del self._idle[key]
+        return found
 
-    async def _release(self, conn: _Connection) -> None:
+    def _release(self, conn: _Connection) -> None:
         """Keep a connection whose exchange is complete, or close it."""
         h = conn.h11
         if h.our_state is not h11.DONE or h.their_state is not h11.DONE or self._closed:
@@ -502,16 +489,16 @@ class OriginPool(httpx2.AsyncBaseTransport):
             oldest = next(iter(by_age))
             if len(by_age) <= self._max_idle and oldest.expires > now:
                 break
-            await self._evict(oldest)
+            self._evict(oldest)
 
-    async def _evict(self, conn: _Connection) -> None:
+    def _evict(self, conn: _Connection) -> None:
         """Close an idle connection and forget it."""
         del self._by_age[conn]
         siblings = self._idle[conn.key]
         siblings.remove(conn)
         if not siblings:
             del self._idle[conn.key]
-        await conn.aclose()
+        conn.close()
 
     async def close_expired(self) -> None:
         """Close idle connections as they expire; run it in a nursery for the pool's life.
@@ -528,39 +515,47 @@ class OriginPool(httpx2.AsyncBaseTransport):
                 with trio.move_on_at(oldest.expires):
                     await self._idle_added.park()
             else:
-                await self._evict(oldest)
+                self._evict(oldest)
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
         """Close the idle connections; those in use close when their responses do."""
         self._closed = True
         self._idle_added.unpark_all()  # close_expired returns
-        idle = list(self._by_age)
+        for conn in self._by_age:
+            conn.close()
         self._by_age.clear()
         self._idle.clear()
-        with trio.move_on_after(CLOSE_TIMEOUT):
-            for conn in idle:
-                await conn.aclose()
-        for conn in idle:
-            conn.close()
 
 
-class _ResponseBody(httpx2.AsyncByteStream):
-    """The response body as h11 delivers it; closing it releases or closes the connection."""
+class OriginResponse:
+    """A response whose head is in: status, reason, headers (raw casing, in order), and the
+    body to read with `receive_some`. Closing it (or leaving its `with` block) releases the
+    connection if the body was read to the end, else closes it."""
 
-    __slots__ = ("_conn", "_pool", "_timeout")
+    __slots__ = ("_conn", "_pool", "_timeout", "headers", "http_version", "reason", "status")
 
-    def __init__(self, pool: OriginPool, conn: _Connection, timeout: float) -> None:
+    def __init__(
+        self, pool: OriginPool, conn: _Connection, head: h11.Response, timeout: float
+    ) -> None:
         self._pool = pool
         self._conn: _Connection | None = conn
         self._timeout = timeout
+        self.status = head.status_code
+        self.reason = head.reason
+        self.http_version = head.http_version
+        self.headers: tuple[tuple[bytes, bytes], ...] = tuple(head.headers.raw_items())
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
+    def __enter__(self) -> OriginResponse:
         return self
 
-    async def __anext__(self) -> bytes:
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def receive_some(self) -> bytes:
+        """The next piece of the body (at most READ_SIZE bytes), b"" at its end."""
         conn = self._conn
         if conn is None:
-            raise StopAsyncIteration
+            return b""
         h = conn.h11
         try:
             while True:
@@ -575,16 +570,16 @@ class _ResponseBody(httpx2.AsyncByteStream):
             self._conn = None
             conn.close()
             if isinstance(exc, h11.RemoteProtocolError):
-                raise httpx2.RemoteProtocolError(f"the origin broke HTTP/1.1: {exc}") from exc
+                raise _broke(exc) from exc
             raise
         self._conn = None
         if not isinstance(event, h11.EndOfMessage):
             conn.close()
-            raise httpx2.RemoteProtocolError("the origin's answer ended unexpectedly")
-        await self._pool._release(conn)
-        raise StopAsyncIteration
+            raise OriginError("the origin's answer ended unexpectedly")
+        self._pool._release(conn)
+        return b""
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
         conn = self._conn
         if conn is None:
             return
@@ -597,6 +592,6 @@ class _ResponseBody(httpx2.AsyncByteStream):
         except h11.RemoteProtocolError:
             event = h11.NEED_DATA
         if isinstance(event, h11.EndOfMessage):
-            await self._pool._release(conn)
+            self._pool._release(conn)
         else:
             conn.close()

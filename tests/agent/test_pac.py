@@ -13,7 +13,7 @@ from pypac.parser import PACFile
 from fluidity.agent.pac import pac_file, proxy_address
 from fluidity.agent.routing import Action, Routes
 
-from .test_routing import RULES, TABLE
+from .routes_table import RULES, TABLE
 
 PROXY = "127.0.0.1:8080"
 EXPECTED = {

@@ -79,7 +79,8 @@ async def test_a_full_tunnel_answers_503_and_keeps_serving(autojump_clock: MockC
                 first, served_first = trio.testing.memory_stream_pair()
                 nursery.start_soon(proxy.handle, served_first)
                 await first.send_all(request)
-                await trio.sleep(1)  # the first request holds the only stream
+                await trio.testing.wait_all_tasks_blocked()  # it holds the only stream
+                assert link.statistics().open_streams == 1
 
                 second, served_second = trio.testing.memory_stream_pair()
                 nursery.start_soon(proxy.handle, served_second)

@@ -15,15 +15,17 @@ from typing import Any
 
 import pytest
 import trio
-import trustme
+import trio.testing
 
 from fluidity.agent.lifecycle import AuthError, ControlPlane, ControlPlaneError, Lifecycle
 from fluidity.agent.tunnel_client import TunnelClient
 from fluidity.localcloud.apigateway import ApiGateway
 from fluidity.protocol import ConnectAck, Role
 from fluidity.tunnel import Link, LinkConfig, TunnelStream, open_link
+from tests.support.pki import mutual_tls
 
 KEY = "key"
+SERVER_NAME = "fluidity-server"
 
 
 class Service:
@@ -88,15 +90,8 @@ class LinkServer:
 async def setup(
     start_polls: int = 2, key: str = KEY, connection_timeout: float = 10.0
 ) -> AsyncIterator[tuple[TunnelClient, Service, LinkServer, ApiGateway]]:
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("fluidity-server").configure_cert(server_ctx)
-    ca.configure_trust(server_ctx)
-    server_ctx.verify_mode = ssl.CERT_REQUIRED
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
-    ca.issue_cert("agent@test").configure_cert(client_ctx)
-    links = LinkServer(server_ctx)
+    tls = mutual_tls(server_name=SERVER_NAME)
+    links = LinkServer(tls.server)
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(partial(trio.serve_tcp, links.handle, 0, host="127.0.0.1"))
         service = Service(listeners[0].socket.getsockname()[1], start_polls)
@@ -110,8 +105,8 @@ async def setup(
         tunnel = TunnelClient(
             "192.0.2.1",  # never used: the address comes from status
             1,
-            ssl_context=client_ctx,
-            server_name="fluidity-server",
+            ssl_context=tls.agent,
+            server_name=SERVER_NAME,
             link_config=LinkConfig(),
             lifecycle=Lifecycle(
                 control, connection_timeout=connection_timeout, retry_interval=0.05
@@ -121,8 +116,17 @@ async def setup(
         nursery.cancel_scope.cancel()
 
 
-async def test_wakes_at_start_then_sleeps_then_wakes_on_demand() -> None:
-    async with setup() as (tunnel, service, links, _api), trio.open_nursery() as nursery:
+@pytest.fixture
+def jumpable_clock() -> trio.testing.MockClock:
+    """Real time (rate 1) that a test can move forward at once with `jump()`: no autojump,
+    which would fire timeouts while the API Gateway's handler threads or sockets are busy."""
+    return trio.testing.MockClock(rate=1.0)
+
+
+async def test_wakes_at_start_then_sleeps_then_wakes_on_demand(
+    jumpable_clock: trio.testing.MockClock,
+) -> None:
+    async with setup() as (tunnel, service, links, api), trio.open_nursery() as nursery:
         await nursery.start(tunnel.run)
         with trio.fail_after(10):
             link = await tunnel.wait_link()
@@ -133,7 +137,12 @@ async def test_wakes_at_start_then_sleeps_then_wakes_on_demand() -> None:
         await links.links[-1].drain("scaled to 0")
         with trio.fail_after(10):
             await tunnel.wait_state("asleep")
-        await trio.sleep(0.3)  # several retry intervals: nothing happens while nobody asks
+        calls = len(api.calls)
+        # A minute, 1200 retry intervals, at once: nothing happens while nobody asks.
+        jumpable_clock.jump(60)
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+        assert tunnel.state == "asleep"
+        assert len(api.calls) == calls
         assert service.wakes == 1
         assert links.accepted == 1
         assert not link.is_open
@@ -150,9 +159,10 @@ async def test_link_loss_while_running_reconnects_without_waking() -> None:
     async with setup() as (tunnel, service, links, _api), trio.open_nursery() as nursery:
         await nursery.start(tunnel.run)
         with trio.fail_after(10):
-            await tunnel.wait_link()
+            first = await tunnel.wait_link()
         links.links[-1].close()  # a network blip: the service still runs
-        await trio.sleep(0.05)
+        with trio.fail_after(10):
+            await first.wait_closed()  # the agent saw it: wait_link no longer returns it
         with trio.fail_after(10):
             await tunnel.wait_link()
         assert service.wakes == 1

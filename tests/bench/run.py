@@ -47,12 +47,12 @@ import attrs
 import trio
 import trustme
 
+from tests.bench.peers import Peer, run_peers, wanted
+from tests.support.pki import Pki, make_pki
 from tests.support.processes import (
     SERVER_TEST_ENV,
-    Pki,
     Running,
     agent_args,
-    make_pki,
     run_fluidity,
     server_args,
 )
@@ -175,6 +175,7 @@ class Bench:
     agent: Running
     profile_dir: Path | None
     pki: Pki
+    peers: dict[str, Peer] = attrs.field(factory=dict)
 
     @property
     def http_port(self) -> int:
@@ -207,6 +208,30 @@ class Bench:
         for running in (self.origin, self.server, self.agent):
             if running.process.poll() is not None:
                 raise RuntimeError(f"{running.name} exited:\n{running.log()[-4000:]}")
+        for peer in self.peers.values():
+            peer.check_alive()
+
+    def proxies(self) -> list[Proxied]:
+        """Fluidity, then each peer: what the phases measure beside the direct run."""
+        out = [Proxied("fluidity", self.agent.port, ORIGIN_NAME, self.pids, None)]
+        for peer in self.peers.values():
+            out.append(Proxied(peer.name, peer.port, "127.0.0.1", peer.pids, peer))
+        return out
+
+
+@attrs.frozen
+class Proxied:
+    """A proxy under test: fluidity's agent or a peer, and how it names the origin."""
+
+    name: str
+    port: int
+    host: str
+    pids: dict[str, int]
+    peer: Peer | None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
 
 def _clean_env() -> dict[str, str]:
@@ -259,9 +284,15 @@ async def wait_quiet(bench: Bench) -> float:
     return background
 
 
-async def settle(bench: Bench, limit: float = 20.0) -> int:
-    """Wait (bounded) until the agent has no open streams; returns how many were left."""
+async def settle(bench: Bench, limit: float = 20.0, proxied: Proxied | None = None) -> int:
+    """Wait (bounded) until the agent has no open streams; returns how many were left.
+
+    A peer has no such count: its runs are followed by a short pause instead.
+    """
     bench.check_alive()
+    if proxied is not None and proxied.peer is not None:
+        await trio.sleep(0.5)
+        return 0
     open_streams = -1
     with trio.move_on_after(limit):
         while True:
@@ -320,12 +351,12 @@ async def profiled(bench: Bench, phase: str, enabled: bool = True) -> AsyncItera
 # -- 1. bulk downloads with curl ----------------------------------------------------------------
 
 
-def curl_command(bench: Bench, *, proxied: bool, port: int, tls: bool) -> list[str]:
-    """curl, quiet, capped at --bulk-timeout per transfer, through the agent (`-x`) or
+def curl_command(bench: Bench, *, proxy: str | None, port: int, tls: bool) -> list[str]:
+    """curl, quiet, capped at --bulk-timeout per transfer, through `proxy` (`-x`) or
     straight to 127.0.0.1:`port` (`--resolve`), trusting the origin's CA for `tls`."""
     args = ["curl", "-sS", "--max-time", str(bench.args.bulk_timeout)]
-    if proxied:
-        args += ["-x", bench.proxy]
+    if proxy is not None:
+        args += ["-x", proxy]
     else:
         args += ["--noproxy", "*", "--resolve", f"{ORIGIN_NAME}:{port}:127.0.0.1"]
     if tls:
@@ -334,9 +365,9 @@ def curl_command(bench: Bench, *, proxied: bool, port: int, tls: bool) -> list[s
 
 
 async def curl_download(
-    bench: Bench, url: str, *, proxied: bool, port: int, size: int
+    bench: Bench, url: str, *, proxy: str | None, port: int, size: int
 ) -> dict[str, Any]:
-    args = curl_command(bench, proxied=proxied, port=port, tls=url.startswith("https:"))
+    args = curl_command(bench, proxy=proxy, port=port, tls=url.startswith("https:"))
     args += [
         "-o",
         "/dev/null",
@@ -369,29 +400,36 @@ async def phase_bulk(bench: Bench, *, tls: bool) -> dict[str, Any]:
     scheme = "https" if tls else "http"
     size = bench.args.size
     url = f"{scheme}://{ORIGIN_NAME}:{port}/stream?n={size}"
-    runs: dict[str, list[dict[str, Any]]] = {"direct": [], "fluidity": []}
+    proxies = bench.proxies()
+    runs: dict[str, list[dict[str, Any]]] = {"direct": [], **{p.name: [] for p in proxies}}
     phase = "bulk-tls" if tls else "bulk-http"
     for run in range(bench.args.repeat):
         label = phase if bench.args.repeat == 1 else f"{phase}-{run + 1}"
         async with watch({"origin": bench.pids["origin"]}, bench.pids) as direct_watch:
-            direct = await curl_download(bench, url, proxied=False, port=port, size=size)
+            direct = await curl_download(bench, url, proxy=None, port=port, size=size)
         runs["direct"].append({**direct, **direct_watch.summary()})
         await settle(bench)
-        async with profiled(bench, label), watch(bench.pids) as w:
-            through = await curl_download(bench, url, proxied=True, port=port, size=size)
-        runs["fluidity"].append({**through, **w.summary()})
-        await settle(bench)
+        for proxied in proxies:  # alternated run by run: a busy spell hits each alike
+            target = url.replace(ORIGIN_NAME, proxied.host)
+            is_fluidity = proxied.peer is None
+            async with profiled(bench, label, is_fluidity), watch(proxied.pids, bench.pids) as w:
+                through = await curl_download(
+                    bench, target, proxy=proxied.url, port=port, size=size
+                )
+            runs[proxied.name].append({**through, **w.summary()})
+            await settle(bench, proxied=proxied)
     # The best run of each (with --repeat): other load on the machine only ever slows it.
     out: dict[str, Any] = {
         mode: max(results, key=lambda r: (r["ok"], r["MBps"])) for mode, results in runs.items()
     }
     if bench.args.repeat > 1:
         out["runs"] = runs
-        peaks = [r["peak_rss_mb"] for r in runs["fluidity"]]
-        out["fluidity"] = {
-            **out["fluidity"],
-            "peak_rss_mb": {n: max(p.get(n, 0) for p in peaks) for n in peaks[0]},
-        }
+        for proxied in proxies:
+            peaks = [r["peak_rss_mb"] for r in runs[proxied.name]]
+            out[proxied.name] = {
+                **out[proxied.name],
+                "peak_rss_mb": {n: max(p.get(n, 0) for p in peaks) for n in peaks[0]},
+            }
     return out
 
 
@@ -488,12 +526,20 @@ async def phase_get(bench: Bench) -> dict[str, Any]:
         direct = await run_load(bench, bench.http_port, f"/stream?n={n}", authority)
     direct.update(direct_watch.summary())
     await settle(bench)
-    async with profiled(bench, "get"), watch(bench.pids) as w:
-        through = await run_load(
-            bench, bench.agent.port, f"http://{authority}/stream?n={n}", authority
-        )
-    through.update(w.summary())
-    return {"direct": direct, "fluidity": through}
+    out: dict[str, Any] = {"direct": direct}
+    for proxied in bench.proxies():
+        authority = f"{proxied.host}:{bench.http_port}"
+        async with (
+            profiled(bench, "get", proxied.peer is None),
+            watch(proxied.pids, bench.pids) as w,
+        ):
+            through = await run_load(
+                bench, proxied.port, f"http://{authority}/stream?n={n}", authority
+            )
+        through.update(w.summary())
+        out[proxied.name] = through
+        await settle(bench, proxied=proxied)
+    return out
 
 
 # -- CONNECT helpers ------------------------------------------------------------------------------
@@ -560,14 +606,14 @@ def ms_percentiles(samples: list[float]) -> dict[str, float | None]:
 
 async def phase_ttfb(bench: Bench) -> dict[str, Any]:
     count = bench.args.ttfb_count
-    authority = f"{ORIGIN_NAME}:{bench.echo_port}"
     clock = time.perf_counter
 
-    async def once(proxied: bool) -> tuple[float, float | None]:
+    async def once(proxied: Proxied | None) -> tuple[float, float | None]:
         start = clock()
         head_at: float | None = None
-        if proxied:
-            stream = await open_connect(bench.agent.port, authority)
+        if proxied is not None:
+            authority = f"{proxied.host}:{bench.echo_port}"
+            stream = await open_connect(proxied.port, authority)
             head_at = clock() - start
         else:
             stream = await connect_loopback(bench.echo_port)
@@ -578,18 +624,20 @@ async def phase_ttfb(bench: Bench) -> dict[str, Any]:
             return clock() - start, head_at
 
     out: dict[str, Any] = {}
-    for mode in ("direct", "fluidity"):
+    runs: list[tuple[str, Proxied | None]] = [("direct", None)]
+    runs += [(proxied.name, proxied) for proxied in bench.proxies()]
+    for mode, proxied in runs:
         first: list[float] = []
         heads: list[float] = []
         failures: Counter[str] = Counter()
-        watched = bench.pids if mode == "fluidity" else {"origin": bench.pids["origin"]}
+        watched = {"origin": bench.pids["origin"]} if proxied is None else proxied.pids
         # Untimed first: right after the quiet wait the idle CPUs run the first ~100 ms
         # slower (the first 100-200 tunnels took 0.08 ms longer each, direct ones too).
         with trio.move_on_after(bench.args.phase_timeout):
             for _ in range(bench.args.ttfb_warmup):
                 try:
                     with trio.fail_after(5):
-                        await once(mode == "fluidity")
+                        await once(proxied)
                 except (*_NETWORK_ERRORS, ConnectionError) as exc:
                     failures[f"warm-up: {describe(exc)}"] += 1
         async with profiled(bench, "ttfb", mode == "fluidity"), watch(watched, bench.pids) as w:
@@ -597,7 +645,7 @@ async def phase_ttfb(bench: Bench) -> dict[str, Any]:
                 for _ in range(count):
                     try:
                         with trio.fail_after(5):
-                            total, head = await once(mode == "fluidity")
+                            total, head = await once(proxied)
                     except (*_NETWORK_ERRORS, ConnectionError) as exc:
                         failures[describe(exc)] += 1
                         continue
@@ -620,7 +668,7 @@ async def phase_ttfb(bench: Bench) -> dict[str, Any]:
         if heads:
             result["head"] = ms_percentiles(heads)
         out[mode] = result
-        await settle(bench)
+        await settle(bench, proxied=proxied)
     return out
 
 
@@ -630,13 +678,13 @@ async def phase_ttfb(bench: Bench) -> dict[str, Any]:
 async def phase_tunnels(bench: Bench) -> dict[str, Any]:
     n = bench.args.tunnels
     payload = os.urandom(bench.args.tunnel_bytes)
-    authority = f"{ORIGIN_NAME}:{bench.echo_port}"
 
-    async def one(proxied: bool, failures: Counter[str], done: list[float]) -> None:
+    async def one(proxied: Proxied | None, failures: Counter[str], done: list[float]) -> None:
         try:
             with trio.fail_after(bench.args.phase_timeout):
-                if proxied:
-                    stream = await open_connect(bench.agent.port, authority)
+                if proxied is not None:
+                    authority = f"{proxied.host}:{bench.echo_port}"
+                    stream = await open_connect(proxied.port, authority)
                 else:
                     stream = await connect_loopback(bench.echo_port)
                 async with stream:
@@ -644,11 +692,16 @@ async def phase_tunnels(bench: Bench) -> dict[str, Any]:
 
                     async def send() -> None:
                         await stream.send_all(payload)
-                        await stream.send_eof()
+                        # pproxy and squid end a tunnel at the client's EOF, before the echo
+                        # is back: to them the client sends none and closes once it has all.
+                        if proxied is None or proxied.peer is None:
+                            await stream.send_eof()
 
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(send)
-                        while data := await stream.receive_some(65536):
+                        while len(received) < len(payload):
+                            if not (data := await stream.receive_some(65536)):
+                                break
                             received += data
                 if received != payload:
                     raise ValueError(f"echoed {len(received)} bytes, not the {len(payload)} sent")
@@ -658,16 +711,18 @@ async def phase_tunnels(bench: Bench) -> dict[str, Any]:
             done.append(time.perf_counter())
 
     out: dict[str, Any] = {}
-    for mode in ("direct", "fluidity"):
+    runs: list[tuple[str, Proxied | None]] = [("direct", None)]
+    runs += [(proxied.name, proxied) for proxied in bench.proxies()]
+    for mode, proxied in runs:
         failures: Counter[str] = Counter()
         done: list[float] = []
-        pids = {"origin": bench.pids["origin"]} if mode == "direct" else bench.pids
+        pids = {"origin": bench.pids["origin"]} if proxied is None else proxied.pids
         async with profiled(bench, "tunnels", mode == "fluidity"), watch(pids, bench.pids) as w:
             start = time.perf_counter()
             with trio.move_on_after(bench.args.phase_timeout):
                 async with trio.open_nursery() as nursery:
                     for _ in range(n):
-                        nursery.start_soon(one, mode == "fluidity", failures, done)
+                        nursery.start_soon(one, proxied, failures, done)
             seconds = time.perf_counter() - start
         unfinished = n - len(done) - sum(failures.values())
         if unfinished:
@@ -681,7 +736,7 @@ async def phase_tunnels(bench: Bench) -> dict[str, Any]:
             "failure_kinds": dict(failures.most_common(5)),
             **w.summary(),
         }
-        await settle(bench)
+        await settle(bench, proxied=proxied)
     return out
 
 
@@ -752,7 +807,7 @@ async def warm_up(bench: Bench) -> None:
     """Touch every path once so first-use costs (imports, pools, TLS) stay out of the figures."""
     for scheme, port in (("http", bench.http_port), ("https", bench.https_port)):
         url = f"{scheme}://{ORIGIN_NAME}:{port}/stream?n=100000"
-        result = await curl_download(bench, url, proxied=True, port=port, size=100000)
+        result = await curl_download(bench, url, proxy=bench.proxy, port=port, size=100000)
         if not result["ok"]:
             raise RuntimeError(f"warm-up through the agent failed: {result.get('error')}")
     for _ in range(20):
@@ -783,12 +838,22 @@ class Row:
     fluidity: float | None
     target: str
     ok: bool | None
+    #: The same figure for each peer run beside fluidity (tests/bench/peers.py).
+    peers: dict[str, float | None] = attrs.field(factory=dict)
 
     @property
     def ratio(self) -> float | None:
-        if self.direct is None or self.fluidity is None or not self.direct:
-            return None
-        return self.fluidity / self.direct
+        return _ratio(self.fluidity, self.direct)
+
+    def peer_ratio(self, name: str) -> float | None:
+        """fluidity / peer: above 1 is better for rates, worse for times, memory and CPU."""
+        return _ratio(self.fluidity, self.peers.get(name))
+
+
+def _ratio(value: float | None, base: float | None) -> float | None:
+    if value is None or base is None or not base:
+        return None
+    return value / base
 
 
 def _at_least(value: float | None, limit: float) -> bool | None:
@@ -806,23 +871,64 @@ def size_label(n: int) -> str:
     return f"{n} bytes"
 
 
-def rows(phases: dict[str, Any], bulk_size: int = GIB) -> list[Row]:
+def cpu_seconds_used(result: dict[str, Any] | None, role: str) -> float | None:
+    """CPU seconds a process used over a watched run (from its % of one core)."""
+    percent = _get(result or {}, "cpu_percent_of_one_core", role)
+    seconds = _get(result or {}, "watched_seconds")
+    if percent is None or seconds is None:
+        return None
+    return float(percent) / 100 * float(seconds)
+
+
+def cpu_per_gib(result: dict[str, Any] | None, role: str) -> float | None:
+    used = cpu_seconds_used(result, role)
+    moved = _get(result or {}, "bytes")
+    return None if used is None or not moved else round(used / (moved / GIB), 3)
+
+
+def cpu_per_thousand(result: dict[str, Any] | None, role: str, count_key: str) -> float | None:
+    used = cpu_seconds_used(result, role)
+    count = _get(result or {}, count_key)
+    return None if used is None or not count else round(used / count * 1000, 3)
+
+
+def peak_of(phases: dict[str, Any], mode: str, role: str, keys: tuple[str, ...]) -> float | None:
+    known = [_get(phases, key, mode, "peak_rss_mb", role) for key in keys]
+    values = [v for v in known if v is not None]
+    return max(values) if values else None
+
+
+def rows(phases: dict[str, Any], bulk_size: int = GIB, peers: tuple[str, ...] = ()) -> list[Row]:
     out: list[Row] = []
     size = size_label(bulk_size)
+
+    def of(*path: str) -> dict[str, float | None]:
+        """The figure at `path` under each peer's results (path starts with the phase)."""
+        return {name: _get(phases, path[0], name, *path[1:]) for name in peers}
+
     for key, label, limit in (("bulk-http", "plain HTTP", 200), ("bulk-tls", "CONNECT+TLS", 250)):
         d = _get(phases, key, "direct", "MBps")
         f = _get(phases, key, "fluidity", "MBps")
         ok = _at_least(f, limit) if _get(phases, key, "fluidity", "ok") is not False else False
-        out.append(Row(f"{label} bulk, {size}", "MB/s", d, f, f">= {limit}", ok))
+        out.append(Row(f"{label} bulk, {size}", "MB/s", d, f, f">= {limit}", ok, of(key, "MBps")))
     d_rps = _get(phases, "get", "direct", "requests_per_second")
     f_rps = _get(phases, "get", "fluidity", "requests_per_second")
-    out.append(Row("1 KiB GET, 64 conns", "req/s", d_rps, f_rps, ">= 5000", _at_least(f_rps, 5000)))
+    out.append(
+        Row(
+            "1 KiB GET, 64 conns",
+            "req/s",
+            d_rps,
+            f_rps,
+            ">= 5000",
+            _at_least(f_rps, 5000),
+            of("get", "requests_per_second"),
+        )
+    )
     for q, target in (("p50", ""), ("p99", "< 30")):
         d = _get(phases, "get", "direct", f"{q}_ms")
         f = _get(phases, "get", "fluidity", f"{q}_ms")
-        out.append(
-            Row(f"1 KiB GET latency {q}", "ms", d, f, target, _below(f, 30) if target else None)
-        )
+        ok = _below(f, 30) if target else None
+        out.append(Row(f"1 KiB GET latency {q}", "ms", d, f, target, ok, of("get", f"{q}_ms")))
     out.append(
         Row(
             "1 KiB GET errors",
@@ -831,14 +937,14 @@ def rows(phases: dict[str, Any], bulk_size: int = GIB) -> list[Row]:
             _get(phases, "get", "fluidity", "errors"),
             "",
             None,
+            of("get", "errors"),
         )
     )
     for q, target in (("p50", "< 1.5"), ("p99", "")):
         d = _get(phases, "ttfb", "direct", f"{q}_ms")
         f = _get(phases, "ttfb", "fluidity", f"{q}_ms")
-        out.append(
-            Row(f"CONNECT first byte {q}", "ms", d, f, target, _below(f, 1.5) if target else None)
-        )
+        ok = _below(f, 1.5) if target else None
+        out.append(Row(f"CONNECT first byte {q}", "ms", d, f, target, ok, of("ttfb", f"{q}_ms")))
     out.append(
         Row(
             "CONNECT 200 head p50",
@@ -847,6 +953,7 @@ def rows(phases: dict[str, Any], bulk_size: int = GIB) -> list[Row]:
             _get(phases, "ttfb", "fluidity", "head", "p50_ms"),
             "",
             None,
+            of("ttfb", "head", "p50_ms"),
         )
     )
     d_s = _get(phases, "tunnels", "direct", "seconds")
@@ -856,7 +963,17 @@ def rows(phases: dict[str, Any], bulk_size: int = GIB) -> list[Row]:
     n = _get(phases, "tunnels", "fluidity", "tunnels") or 1000
     each = (_get(phases, "tunnels", "fluidity", "bytes_each") or 65536) // 1024
     ok = None if f_s is None else (f_s < 3 and f_fail == 0)
-    out.append(Row(f"{n} tunnels x {each} KiB echo", "s", d_s, f_s, "< 3, 0 failures", ok))
+    out.append(
+        Row(
+            f"{n} tunnels x {each} KiB echo",
+            "s",
+            d_s,
+            f_s,
+            "< 3, 0 failures",
+            ok,
+            of("tunnels", "seconds"),
+        )
+    )
     out.append(
         Row(
             f"{n} tunnels: failures",
@@ -865,29 +982,113 @@ def rows(phases: dict[str, Any], bulk_size: int = GIB) -> list[Row]:
             f_fail,
             "0",
             None if f_fail is None else f_fail == 0,
+            of("tunnels", "failures"),
         )
     )
+    # Per process: a peer's client-side process is its "agent", the one that reaches the
+    # origin its "server" (squid, one hop, has only that).
+    bulk = ("bulk-http", "bulk-tls")
     for name in ("agent", "server"):
-        peaks = [
-            _get(phases, key, "fluidity", "peak_rss_mb", name) for key in ("bulk-http", "bulk-tls")
-        ]
-        known = [p for p in peaks if p is not None]
-        peak = max(known) if known else None
+        peak = peak_of(phases, "fluidity", name, bulk)
         out.append(
-            Row(f"{name} peak RSS, {size} transfers", "MB", None, peak, "< 150", _below(peak, 150))
+            Row(
+                f"{name} peak RSS, {size} transfers",
+                "MB",
+                None,
+                peak,
+                "< 150",
+                _below(peak, 150),
+                {peer: peak_of(phases, peer, name, bulk) for peer in peers},
+            )
         )
     for name in ("agent", "server"):
         peak = _get(phases, "tunnels", "fluidity", "peak_rss_mb", name)
-        out.append(Row(f"{name} peak RSS, {n} tunnels", "MB", None, peak, "", None))
+        out.append(
+            Row(
+                f"{name} peak RSS, {n} tunnels",
+                "MB",
+                None,
+                peak,
+                "",
+                None,
+                of("tunnels", "peak_rss_mb", name),
+            )
+        )
+    everything = ("bulk-http", "bulk-tls", "get", "tunnels")
+
+    def total_peak(mode: str) -> float | None:
+        parts = [peak_of(phases, mode, role, everything) for role in ("agent", "server")]
+        known = [p for p in parts if p is not None]
+        return round(sum(known), 1) if known else None
+
+    out.append(
+        Row(
+            "peak RSS, all processes",
+            "MB",
+            None,
+            total_peak("fluidity"),
+            "<= 150",
+            None,
+            {peer: total_peak(peer) for peer in peers},
+        )
+    )
     for name in ("agent", "server"):
         per = _get(phases, "idle", f"{name}_kib_per_stream")
         out.append(Row(f"{name} RSS per idle stream", "KiB", None, per, "< 50", _below(per, 50)))
+    # What a unit of work costs each process, CPU seconds: what a Fargate task's vCPU buys.
+    for name in ("agent", "server"):
+        for key, label in (("bulk-http", "plain HTTP"), ("bulk-tls", "CONNECT+TLS")):
+            out.append(
+                Row(
+                    f"{name} CPU per GiB, {label}",
+                    "s",
+                    None,
+                    cpu_per_gib(_get(phases, key, "fluidity"), name),
+                    "",
+                    None,
+                    {peer: cpu_per_gib(_get(phases, key, peer), name) for peer in peers},
+                )
+            )
+        out.append(
+            Row(
+                f"{name} CPU per 1,000 GETs",
+                "s",
+                None,
+                cpu_per_thousand(_get(phases, "get", "fluidity"), name, "requests"),
+                "",
+                None,
+                {
+                    peer: cpu_per_thousand(_get(phases, "get", peer), name, "requests")
+                    for peer in peers
+                },
+            )
+        )
+        out.append(
+            Row(
+                f"{name} CPU per 1,000 tunnels",
+                "s",
+                None,
+                cpu_per_thousand(_get(phases, "tunnels", "fluidity"), name, "tunnels"),
+                "",
+                None,
+                {
+                    peer: cpu_per_thousand(_get(phases, "tunnels", peer), name, "tunnels")
+                    for peer in peers
+                },
+            )
+        )
     if "wan" in phases:
         from .wan import wan_rows
 
         out += wan_rows(phases["wan"])
     # Rows of phases that did not run (or failed: their errors are printed) are left out.
-    return [row for row in out if row.direct is not None or row.fluidity is not None]
+    return [
+        row
+        for row in out
+        if row.direct is not None
+        or row.fluidity is not None
+        or any(v is not None for v in row.peers.values())
+    ]
 
 
 def _fmt(value: float | None) -> str:
@@ -895,20 +1096,36 @@ def _fmt(value: float | None) -> str:
         return "-"
     if isinstance(value, int) or abs(value) >= 100:
         return f"{value:,.0f}"
+    if abs(value) < 1:
+        return f"{value:.3f}"
     return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
 
 
-def render_table(table: list[Row]) -> str:
-    header = ("metric", "unit", "direct", "fluidity", "ratio", "target", "")
+def _fmt_ratio(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def render_table(table: list[Row], peers: tuple[str, ...] = ()) -> str:
+    """The table; beside each peer's figure, fluidity / peer."""
+    header: tuple[str, ...] = ("metric", "unit", "direct", "fluidity", "ratio")
+    for peer in peers:
+        header += (peer, f"f/{peer}")
+    header += ("target", "")
     lines = [header]
     for row in table:
         mark = {True: "PASS", False: "MISS", None: ""}[row.ok]
-        ratio = "-" if row.ratio is None else f"{row.ratio:.2f}x"
-        lines.append(
-            (row.metric, row.unit, _fmt(row.direct), _fmt(row.fluidity), ratio, row.target, mark)
+        line: tuple[str, ...] = (
+            row.metric,
+            row.unit,
+            _fmt(row.direct),
+            _fmt(row.fluidity),
+            _fmt_ratio(row.ratio),
         )
+        for peer in peers:
+            line += (_fmt(row.peers.get(peer)), _fmt_ratio(row.peer_ratio(peer)))
+        lines.append((*line, row.target, mark))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    aligns = ["<", "<", ">", ">", ">", "<", "<"]
+    aligns = ["<", "<"] + [">"] * (3 + 2 * len(peers)) + ["<", "<"]
     out = []
     for i, line in enumerate(lines):
         out.append("  ".join(f"{c:{a}{w}}" for c, a, w in zip(line, aligns, widths, strict=True)))
@@ -924,7 +1141,7 @@ def render_cpu(phases: dict[str, Any], profiled: bool) -> str:
     ]
     disturbed = []
     for key in ("bulk-http", "bulk-tls", "get", "ttfb", "tunnels"):
-        for mode in ("direct", "fluidity"):
+        for mode in phases.get(key) or {}:  # direct, fluidity and each peer
             background = _get(phases, key, mode, "background_cpu_percent")
             if background is not None and background > 25:
                 disturbed.append(f"{key} {mode} ({background:.0f}%)")
@@ -981,7 +1198,10 @@ def log_level_args(args: argparse.Namespace) -> list[str]:
     return ["--log-level", args.log_level] if args.log_level else []
 
 
-async def run_bench(args: argparse.Namespace, workdir: Path, pki: Pki) -> dict[str, Any]:
+async def run_bench(
+    args: argparse.Namespace, workdir: Path, pki: Pki
+) -> tuple[dict[str, Any], tuple[str, ...], list[str]]:
+    """The phases' results, the peers that ran beside fluidity, and why any was left out."""
     ca = trustme.CA()
     cert = ca.issue_cert(ORIGIN_NAME, "127.0.0.1", "localhost")
     origin_pem = workdir / "origin.pem"
@@ -993,6 +1213,9 @@ async def run_bench(args: argparse.Namespace, workdir: Path, pki: Pki) -> dict[s
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
     phases: dict[str, Any] = {}
+    # Room for every tunnel of the tunnels phase at once, as the peers have (the default
+    # 512 answers 503 past it when a slow spell lets the tunnels pile up).
+    agent_room = ["--max-client-connections", str(max(512, args.tunnels + 64))]
     async with (
         run_fluidity(
             "tests.bench.origin",
@@ -1004,9 +1227,14 @@ async def run_bench(args: argparse.Namespace, workdir: Path, pki: Pki) -> dict[s
         run_fluidity(
             "fluidity.server", server_args(pki, *extra), workdir, env=SERVER_TEST_ENV
         ) as server,
-        run_fluidity("fluidity.agent", agent_args(pki, server.port, *extra), workdir) as agent,
+        run_fluidity(
+            "fluidity.agent", agent_args(pki, server.port, *extra, *agent_room), workdir
+        ) as agent,
+        run_peers(args.peers, workdir) as (peers, notes),
     ):
-        bench = Bench(args, workdir, origin_ca, origin, server, agent, profile_dir, pki)
+        for note in notes:
+            print(f"[bench] {note}", flush=True)
+        bench = Bench(args, workdir, origin_ca, origin, server, agent, profile_dir, pki, peers)
         await wait_tunnel_up(bench)
         await warm_up(bench)
         for name in args.phases:
@@ -1024,7 +1252,7 @@ async def run_bench(args: argparse.Namespace, workdir: Path, pki: Pki) -> dict[s
                 if any(p.process.poll() is not None for p in (origin, server, agent)):
                     break
             print(f"[bench] {name} done in {time.perf_counter() - started:.1f} s", flush=True)
-    return phases
+    return phases, tuple(peers), notes
 
 
 _UNITS = {"": 1, "KIB": 1024, "MIB": MIB, "GIB": GIB, "KB": 1000, "MB": MB, "GB": 1000 * MB}
@@ -1110,6 +1338,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
     parser.add_argument(
+        "--peers",
+        default="all",
+        help="same-shape peers run beside fluidity: none, pproxy, squid or all (%(default)s; "
+        "a peer not installed is left out with a note)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="a smoke run: 64 MiB, 1 s of GETs, 100 tunnels (WAN: 16 MiB, once, 5 GETs)",
@@ -1179,6 +1413,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [p for p in args.phases if p not in PHASES]
     if unknown:
         parser.error(f"unknown phases {unknown}; choose from {list(PHASES)}")
+    try:
+        args.peers = wanted(args.peers)
+    except ValueError as exc:
+        parser.error(str(exc))
     args.wan_figures = [f.strip() for f in args.wan_figures.split(",") if f.strip()]
     unknown = [f for f in args.wan_figures if f not in WAN_FIGURES]
     if unknown:
@@ -1214,8 +1452,8 @@ def main(argv: list[str] | None = None) -> int:
     raise_file_limit()
     pki = make_pki(workdir / "pki")
     started = time.time()
-    phases = trio.run(run_bench, args, workdir, pki)
-    table = rows(phases, args.size)
+    phases, peers, notes = trio.run(run_bench, args, workdir, pki)
+    table = rows(phases, args.size, peers)
     results: dict[str, Any] = {
         "meta": {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
@@ -1228,16 +1466,27 @@ def main(argv: list[str] | None = None) -> int:
             "options": {k: v for k, v in vars(args).items()},
             "units": "MB = 10^6 bytes; KiB = 1024 bytes; latencies in ms",
             "workdir": str(workdir),
+            "peers": list(peers),
+            "peer_notes": notes,
         },
         "table": [
-            {**attrs.asdict(row), "ratio": None if row.ratio is None else round(row.ratio, 4)}
+            {
+                **attrs.asdict(row),
+                "ratio": None if row.ratio is None else round(row.ratio, 4),
+                "peer_ratios": {
+                    peer: None if (r := row.peer_ratio(peer)) is None else round(r, 4)
+                    for peer in peers
+                },
+            }
             for row in table
         ],
         "phases": phases,
     }
     output.write_text(json.dumps(results, indent=2) + "\n")
     print()
-    print(render_table(table))
+    print(render_table(table, peers))
+    for note in notes:
+        print(note)
     print()
     cpu = render_cpu(phases, bool(args.profile))
     if cpu:

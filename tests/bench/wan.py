@@ -154,7 +154,11 @@ async def download(path: WanPath, *, tls: bool) -> dict[str, Any]:
             url, port = path.url(mode, f"/stream?n={size}", tls=tls)
             async with watch(path.watched(mode), path.everyone) as w:
                 result = await curl_download(
-                    path.bench, url, proxied=mode == "fluidity", port=port, size=size
+                    path.bench,
+                    url,
+                    proxy=path.bench.proxy if mode == "fluidity" else None,
+                    port=port,
+                    size=size,
                 )
             runs[mode].append({**result, **w.summary()})
             await settle(path.bench)
@@ -170,8 +174,8 @@ async def downloads_at_once(path: WanPath, mode: str) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
 
     async def one() -> None:
-        proxied = mode == "fluidity"
-        results.append(await curl_download(path.bench, url, proxied=proxied, port=port, size=size))
+        proxy = path.bench.proxy if mode == "fluidity" else None
+        results.append(await curl_download(path.bench, url, proxy=proxy, port=port, size=size))
 
     async with watch(path.watched(mode), path.everyone) as w:
         start = time.perf_counter()
@@ -210,7 +214,11 @@ async def fresh_get(path: WanPath) -> dict[str, Any]:
         with trio.move_on_after(path.args.wan_timeout):
             for _ in range(path.args.wan_gets):
                 result = await curl_download(
-                    path.bench, url, proxied=mode == "fluidity", port=port, size=1024
+                    path.bench,
+                    url,
+                    proxy=path.bench.proxy if mode == "fluidity" else None,
+                    port=port,
+                    size=1024,
                 )
                 if result["ok"]:
                     seconds.append(result["seconds"])
@@ -227,7 +235,9 @@ async def page(path: WanPath) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for mode in MODES:
         url, port = path.url(mode, f"/stream?n={size}", tls=True)
-        command = curl_command(path.bench, proxied=mode == "fluidity", port=port, tls=True)
+        command = curl_command(
+            path.bench, proxy=path.bench.proxy if mode == "fluidity" else None, port=port, tls=True
+        )
         command += ["--no-progress-meter", "--parallel", "--parallel-immediate"]
         command += ["--parallel-max", str(n)]
         command += ["-w", "%{http_code} %{size_download}\\n"]

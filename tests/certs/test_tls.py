@@ -20,8 +20,7 @@ from cryptography.hazmat.primitives import serialization
 
 from fluidity import certs
 from fluidity.tls import PEMError, client_ssl_context, load_pem, server_ssl_context
-
-from .conftest import Pki
+from tests.support.pki import Pki
 
 
 @attrs.define

@@ -1,4 +1,5 @@
-"""Certificates on disk and helpers to write config files, for the loader tests."""
+"""Certificate settings (from the session's `cert_dir`, tests/conftest.py) and config files, for
+the loader tests."""
 
 from __future__ import annotations
 
@@ -7,16 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from fluidity import certs
-
-
-@pytest.fixture(scope="session")
-def cert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory as `fluidity certs init` leaves it."""
-    directory = tmp_path_factory.mktemp("config-pki") / "certs"
-    certs.init_dir(directory)
-    return directory
 
 
 @pytest.fixture

@@ -17,7 +17,13 @@ from fluidity.deploy.stacks import Stacks, StackSpec
 NAME = "fluidity-fargate"
 STACK_ID = f"arn:aws:cloudformation:us-east-1:123456789012:stack/{NAME}/1"
 CHANGE_SET = "arn:aws:cloudformation:us-east-1:123456789012:changeSet/cs/1"
-NOW = dt.datetime.now(dt.UTC)
+
+
+@pytest.fixture
+def now() -> dt.datetime:
+    """The test's start, read when it runs: the code under test keeps only events newer than
+    the operation's start minus 60 s (a value read at import would age while the suite runs)."""
+    return dt.datetime.now(dt.UTC)
 
 
 @pytest.fixture
@@ -33,15 +39,17 @@ def cfn() -> Iterator[tuple[Any, Stubber]]:
         stubber.assert_no_pending_responses()
 
 
-def _stack(status: str) -> dict[str, Any]:
+def _stack(now: dt.datetime, status: str) -> dict[str, Any]:
     return {
         "Stacks": [
-            {"StackName": NAME, "StackId": STACK_ID, "StackStatus": status, "CreationTime": NOW}
+            {"StackName": NAME, "StackId": STACK_ID, "StackStatus": status, "CreationTime": now}
         ]
     }
 
 
-def _event(n: int, status: str, logical: str, reason: str | None = None) -> dict[str, Any]:
+def _event(
+    now: dt.datetime, n: int, status: str, logical: str, reason: str | None = None
+) -> dict[str, Any]:
     event: dict[str, Any] = {
         "StackId": STACK_ID,
         "EventId": f"e{n}",
@@ -50,7 +58,7 @@ def _event(n: int, status: str, logical: str, reason: str | None = None) -> dict
         "ResourceType": "AWS::ECS::Service"
         if logical == "Service"
         else "AWS::CloudFormation::Stack",
-        "Timestamp": NOW + dt.timedelta(seconds=n),
+        "Timestamp": now + dt.timedelta(seconds=n),
         "ResourceStatus": status,
     }
     if reason:
@@ -92,7 +100,9 @@ def _change_set(stubber: Stubber) -> None:
 SPEC = StackSpec(NAME, "{}", {"ServiceName": "fluidity-server"})
 
 
-def test_failed_creation_shows_the_events_that_explain_it(cfn: tuple[Any, Stubber]) -> None:
+def test_failed_creation_shows_the_events_that_explain_it(
+    cfn: tuple[Any, Stubber], now: dt.datetime
+) -> None:
     client, stubber = cfn
     _not_found(stubber)
     _change_set(stubber)
@@ -101,13 +111,13 @@ def test_failed_creation_shows_the_events_that_explain_it(cfn: tuple[Any, Stubbe
         'Resource handler returned message: "Invalid subnet" (HandlerErrorCode: InvalidRequest)'
     )
     events = [
-        _event(4, "ROLLBACK_COMPLETE", NAME),
-        _event(3, "CREATE_FAILED", "Service", failure),
-        _event(2, "CREATE_IN_PROGRESS", "Service"),
-        _event(1, "CREATE_IN_PROGRESS", NAME, "User Initiated"),
+        _event(now, 4, "ROLLBACK_COMPLETE", NAME),
+        _event(now, 3, "CREATE_FAILED", "Service", failure),
+        _event(now, 2, "CREATE_IN_PROGRESS", "Service"),
+        _event(now, 1, "CREATE_IN_PROGRESS", NAME, "User Initiated"),
     ]
     stubber.add_response("describe_stack_events", {"StackEvents": events})
-    stubber.add_response("describe_stacks", _stack("ROLLBACK_COMPLETE"))
+    stubber.add_response("describe_stacks", _stack(now, "ROLLBACK_COMPLETE"))
     stubber.add_response("describe_stack_events", {"StackEvents": events})
     printed: list[str] = []
     stacks = Stacks(client, printed.append, poll_interval=0, sleep=lambda _: None)
@@ -130,9 +140,9 @@ def test_failed_creation_shows_the_events_that_explain_it(cfn: tuple[Any, Stubbe
     ]
 
 
-def test_no_changes_is_not_an_error(cfn: tuple[Any, Stubber]) -> None:
+def test_no_changes_is_not_an_error(cfn: tuple[Any, Stubber], now: dt.datetime) -> None:
     client, stubber = cfn
-    stubber.add_response("describe_stacks", _stack("UPDATE_COMPLETE"))
+    stubber.add_response("describe_stacks", _stack(now, "UPDATE_COMPLETE"))
     stubber.add_response("describe_stack_events", {"StackEvents": []})
     stubber.add_response("create_change_set", {"Id": CHANGE_SET, "StackId": STACK_ID})
     stubber.add_response(
@@ -146,7 +156,7 @@ def test_no_changes_is_not_an_error(cfn: tuple[Any, Stubber]) -> None:
         },
     )
     stubber.add_response("delete_change_set", {})
-    outputs = _stack("UPDATE_COMPLETE")
+    outputs = _stack(now, "UPDATE_COMPLETE")
     outputs["Stacks"][0]["Outputs"] = [{"OutputKey": "ClusterName", "OutputValue": "fluidity"}]
     stubber.add_response("describe_stacks", outputs)
     printed: list[str] = []
@@ -172,9 +182,9 @@ def test_a_change_set_aws_refuses_says_why(cfn: tuple[Any, Stubber]) -> None:
         Stacks(client, print, poll_interval=0).deploy(SPEC, lambda n, c: True)
 
 
-def test_a_busy_stack_is_left_alone(cfn: tuple[Any, Stubber]) -> None:
+def test_a_busy_stack_is_left_alone(cfn: tuple[Any, Stubber], now: dt.datetime) -> None:
     client, stubber = cfn
-    stubber.add_response("describe_stacks", _stack("UPDATE_IN_PROGRESS"))
+    stubber.add_response("describe_stacks", _stack(now, "UPDATE_IN_PROGRESS"))
     with pytest.raises(DeployError, match="busy \\(UPDATE_IN_PROGRESS\\)"):
         Stacks(client, print, poll_interval=0).deploy(SPEC, lambda n, c: True)
 
@@ -196,21 +206,21 @@ def test_declining_a_creation_removes_the_empty_stack(cfn: tuple[Any, Stubber]) 
     assert seen == ["Add     Service                      AWS::ECS::Service"]
 
 
-def test_failed_deletion_shows_why(cfn: tuple[Any, Stubber]) -> None:
+def test_failed_deletion_shows_why(cfn: tuple[Any, Stubber], now: dt.datetime) -> None:
     client, stubber = cfn
-    stubber.add_response("describe_stacks", _stack("CREATE_COMPLETE"))
+    stubber.add_response("describe_stacks", _stack(now, "CREATE_COMPLETE"))
     stubber.add_response(
-        "describe_stack_events", {"StackEvents": [_event(1, "CREATE_COMPLETE", NAME)]}
+        "describe_stack_events", {"StackEvents": [_event(now, 1, "CREATE_COMPLETE", NAME)]}
     )
     stubber.add_response("delete_stack", {})
     reason = "The vpc 'vpc-1' has dependencies and cannot be deleted."
     events = [
-        _event(3, "DELETE_FAILED", NAME, "The following resource(s) failed to delete: [Vpc]."),
-        _event(2, "DELETE_FAILED", "Vpc", reason),
-        _event(1, "CREATE_COMPLETE", NAME),
+        _event(now, 3, "DELETE_FAILED", NAME, "The following resource(s) failed to delete: [Vpc]."),
+        _event(now, 2, "DELETE_FAILED", "Vpc", reason),
+        _event(now, 1, "CREATE_COMPLETE", NAME),
     ]
     stubber.add_response("describe_stack_events", {"StackEvents": events})
-    stubber.add_response("describe_stacks", _stack("DELETE_FAILED"))
+    stubber.add_response("describe_stacks", _stack(now, "DELETE_FAILED"))
     stubber.add_response("describe_stack_events", {"StackEvents": events})
     with pytest.raises(StackFailed) as raised:
         Stacks(client, print, poll_interval=0).delete(NAME)

@@ -49,10 +49,23 @@ log = logging.getLogger("tests.e2e")
 AGENT_BUG = "error serving a client connection"
 
 
+#: pytest-timeout's limit for each test here, instead of pyproject.toml's (tests/conftest.py
+#: caps the trio part at three quarters of it): a local cloud starts, real processes run, and
+#: some tests wait out idle thresholds in cloud time.
+E2E_TIMEOUT = 300.0
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "cloud(**settings): CloudSettings overrides for the test's local cloud"
     )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.is_relative_to(here) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(E2E_TIMEOUT))
 
 
 _original_schedules = cloud_module.schedules

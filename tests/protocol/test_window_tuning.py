@@ -60,7 +60,7 @@ def test_a_window_limited_stream_quadruples_its_window() -> None:
     move(link, 1, WINDOW)
     server.acknowledge_received_data(1, 1, now=10.0)  # the first read starts the epoch
     assert updates(link) == []
-    server.acknowledge_received_data(1, WINDOW // 2 - 1, now=10.0 + RTT)
+    server.acknowledge_received_data(1, WINDOW // 2 - 1, now=10.0 + 0.9 * RTT)
     # Half the window consumed within 2 RTT: the sender was held back by the window. It
     # grows 4x to 16 KiB; the update carries the consumed credit plus the growth.
     assert server.streams[1].window == 4 * WINDOW
@@ -72,9 +72,22 @@ def test_a_window_limited_stream_quadruples_its_window() -> None:
 def test_the_first_half_window_ends_an_epoch_that_began_at_the_first_read() -> None:
     link = tuned()
     move(link, 1, WINDOW)
-    link.server.acknowledge_received_data(1, CHUNK, now=5.0)
-    link.server.acknowledge_received_data(1, CHUNK, now=5.0 + 1.9 * RTT)
+    link.server.acknowledge_received_data(1, 1, now=5.0)
+    link.server.acknowledge_received_data(1, CHUNK - 1, now=5.0 + 0.9 * RTT)
+    link.server.acknowledge_received_data(1, CHUNK, now=5.0 + 1.8 * RTT)
     assert link.server.streams[1].window == 4 * WINDOW
+
+
+def test_a_pause_longer_than_the_rtt_starts_a_new_epoch() -> None:
+    # A TLS handshake's few bytes, then the body three RTTs later in a burst: the burst's pace
+    # is what counts, not the time since the handshake.
+    link = tuned()
+    move(link, 1, WINDOW)
+    link.server.acknowledge_received_data(1, 100, now=5.0)
+    link.server.acknowledge_received_data(1, 100, now=5.0 + 3 * RTT)  # starts the epoch
+    link.server.acknowledge_received_data(1, WINDOW // 2 - 200, now=5.0 + 3.2 * RTT)
+    assert link.server.streams[1].window > 4 * WINDOW
+    # Without the pause rule the epoch would have lasted 3.2 RTT: no growth at all.
 
 
 def test_an_epoch_much_shorter_than_the_rtt_jumps_toward_the_path() -> None:
@@ -83,7 +96,7 @@ def test_an_epoch_much_shorter_than_the_rtt_jumps_toward_the_path() -> None:
     move(link, 1, WINDOW)
     link.server.acknowledge_received_data(1, 1, now=5.0)
     link.server.acknowledge_received_data(1, WINDOW // 2 - 1, now=5.0 + RTT / 20)
-    assert link.server.streams[1].window == 40 * WINDOW
+    assert 39 * WINDOW < link.server.streams[1].window <= 40 * WINDOW
     # ... but never more than MAX_GROWTH x in one epoch.
     link = tuned(max_window=1 << 30)
     move(link, 1, WINDOW)
@@ -95,8 +108,10 @@ def test_an_epoch_much_shorter_than_the_rtt_jumps_toward_the_path() -> None:
 def test_a_slow_reader_does_not_grow_its_window() -> None:
     link = tuned()
     move(link, 1, WINDOW)
-    link.server.acknowledge_received_data(1, 1, now=0.0)
-    link.server.acknowledge_received_data(1, WINDOW // 2 - 1, now=1.0)  # 20 RTTs for half
+    now = 0.0
+    for _ in range(8):  # 256 bytes every 0.9 RTT: half the window takes 7 RTT
+        link.server.acknowledge_received_data(1, WINDOW // 16, now=now)
+        now += 0.9 * RTT
     assert link.server.streams[1].window == WINDOW
     assert updates(link) == [WindowUpdate(1, WINDOW // 2)]
 

@@ -17,7 +17,17 @@ import attrs
 import trio
 import trio.testing
 
-from fluidity.protocol import Connect, ConnectAck, Request, Response, Role, WebSocketOpen
+from fluidity.protocol import (
+    Connect,
+    ConnectAck,
+    Request,
+    Response,
+    Role,
+    WebSocketAck,
+    WebSocketClose,
+    WebSocketMessage,
+    WebSocketOpen,
+)
 from fluidity.server.activity import ActivityTracker
 from fluidity.server.egress import EgressPolicy
 from fluidity.server.handler import StreamHandler, open_stream_handler
@@ -179,6 +189,26 @@ async def open_websocket(
     subprotocols: tuple[str, ...] = (),
 ) -> TunnelStream:
     return await agent.open_stream(WebSocketOpen(0, url, headers_of(headers), subprotocols))
+
+
+async def ack_of(stream: TunnelStream) -> WebSocketAck:
+    ack = await stream.wait_reply()
+    assert isinstance(ack, WebSocketAck)
+    return ack
+
+
+async def receive_message(stream: TunnelStream) -> tuple[bool, bytes] | WebSocketClose:
+    """One whole message (fragments joined) as (binary, payload), or the close."""
+    parts = bytearray()
+    while True:
+        frame = await stream.receive_ws()
+        assert frame is not None, "the stream ended without a close"
+        if isinstance(frame, WebSocketClose):
+            return frame
+        assert isinstance(frame, WebSocketMessage)
+        parts += frame.data
+        if frame.fin:
+            return frame.binary, bytes(parts)
 
 
 class TunnelByteStream(trio.abc.HalfCloseableStream):

@@ -1,10 +1,9 @@
-"""StreamHandler: dispatch by stream kind, the shared client, activity accounting."""
+"""StreamHandler: dispatch by stream kind, the shared origin pool, activity accounting."""
 
 from __future__ import annotations
 
 import itertools
 
-import httpx2
 import trio
 import trio.testing
 
@@ -12,10 +11,10 @@ from fluidity.protocol import Request
 from fluidity.server.activity import ActivityTracker
 from fluidity.server.egress import EgressPolicy
 from fluidity.server.handler import StreamHandler, open_stream_handler
-from fluidity.server.upstream_http import make_client
 from fluidity.tunnel import LinkConfig
 from tests.server.harness import exchange, open_connect, open_websocket, serving
 from tests.support.origins import HTTPOrigin, TCPOrigin, WebSocketOrigin
+from tests.support.scripted import answer_all, scripted_origin
 
 
 async def test_activity_counts_open_streams_of_every_kind(
@@ -77,26 +76,22 @@ async def test_moving_bytes_is_activity(echo_origin: TCPOrigin) -> None:
             await stream.aclose()
 
 
-def test_the_shared_client_behaves_as_a_proxy() -> None:
-    client = make_client(EgressPolicy(), connect_timeout=3, read_timeout=7)
-    assert dict(client.headers) == {}
-    assert client.follow_redirects is False
-    assert client.trust_env is False
-    assert client.timeout == httpx2.Timeout(connect=3, read=7, write=7, pool=3)
-    client.cookies.extract_cookies(
-        httpx2.Response(
-            200,
-            headers={"set-cookie": "a=1; Path=/"},
-            request=httpx2.Request("GET", "http://origin.test/"),
-        )
-    )
-    assert len(client.cookies) == 0
+async def test_open_stream_handler_closes_its_pool() -> None:
+    with trio.fail_after(10):
+        async with scripted_origin(answer_all) as origin:
+            async with serving() as env:
+                handler = env.handler
+                assert (handler.connect_timeout, handler.read_timeout) == (5, 10)
+                assert (await exchange(env.agent, "GET", origin.url("/"))).status == 200
+                assert handler.pool.statistics().idle == 1
+                await trio.testing.wait_all_tasks_blocked()
+                assert origin.ended == 0
+            await trio.testing.wait_all_tasks_blocked()
+            assert (handler.pool.statistics().idle, origin.ended) == (0, 1)
 
 
-async def test_open_stream_handler_closes_its_client() -> None:
+async def test_open_stream_handler_defaults() -> None:
     async with open_stream_handler(connect_timeout=2, read_timeout=3) as handler:
         assert isinstance(handler, StreamHandler)
         assert (handler.connect_timeout, handler.read_timeout) == (2, 3)
         assert handler.policy == EgressPolicy()
-        assert not handler.client.is_closed
-    assert handler.client.is_closed

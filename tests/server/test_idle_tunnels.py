@@ -17,10 +17,15 @@ import trio.testing
 
 from fluidity.protocol import ErrorCode, WebSocketClose
 from fluidity.tunnel import StreamReset
-from tests.server.harness import open_connect, open_websocket, read_all, serving
+from tests.server.harness import (
+    ack_of,
+    open_connect,
+    open_websocket,
+    read_all,
+    receive_message,
+    serving,
+)
 from tests.support.origins import ECHO_TRAILER, TCPOrigin, WebSocketOrigin, serve_loopback
-
-from .test_upstream_ws import ack_of, receive_message
 
 LIMIT = 0.3
 

@@ -44,7 +44,7 @@ async def test_failed_requests_quote_nothing_the_client_sent(
     async def no_connect(candidate: object) -> object:
         raise AssertionError("tests never connect to private addresses")
 
-    caplog.set_level(logging.INFO)  # httpx2's logger too, which logs every URL at INFO
+    caplog.set_level(logging.INFO)
     query = f"?token={SECRET}"
     answers: list[Exchange] = []
     with trio.fail_after(20):

@@ -12,7 +12,8 @@ from fluidity.protocol import ErrorCode
 from fluidity.server.egress import EgressPolicy
 from fluidity.tunnel import StreamReset, TunnelStream
 from tests.server.harness import TunnelByteStream, open_connect, read_all, send_body, serving
-from tests.support.origins import ECHO_TRAILER, HTTPOrigin, TCPOrigin, TestTLS, pattern_chunks
+from tests.support.origins import ECHO_TRAILER, HTTPOrigin, TCPOrigin, pattern_chunks
+from tests.support.pki import TestTLS
 
 MB = 1024 * 1024
 

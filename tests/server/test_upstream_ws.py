@@ -7,33 +7,13 @@ import json
 import trio
 import trio.testing
 
-from fluidity.protocol import WebSocketAck, WebSocketClose, WebSocketMessage
+from fluidity.protocol import WebSocketClose
 from fluidity.server.egress import EgressPolicy
-from fluidity.tunnel import TunnelStream
-from tests.server.harness import open_websocket, serving
-from tests.support.origins import HTTPOrigin, TestTLS, WebSocketOrigin, websocket_origin
+from tests.server.harness import ack_of, open_websocket, receive_message, serving
+from tests.support.origins import HTTPOrigin, WebSocketOrigin, websocket_origin
+from tests.support.pki import TestTLS
 
 MB = 1024 * 1024
-
-
-async def ack_of(stream: TunnelStream) -> WebSocketAck:
-    ack = await stream.wait_reply()
-    assert isinstance(ack, WebSocketAck)
-    return ack
-
-
-async def receive_message(stream: TunnelStream) -> tuple[bool, bytes] | WebSocketClose:
-    """One whole message (fragments joined) as (binary, payload), or the close."""
-    parts = bytearray()
-    while True:
-        frame = await stream.receive_ws()
-        assert frame is not None, "the stream ended without a close"
-        if isinstance(frame, WebSocketClose):
-            return frame
-        assert isinstance(frame, WebSocketMessage)
-        parts += frame.data
-        if frame.fin:
-            return frame.binary, bytes(parts)
 
 
 async def test_text_and_binary_messages_echo(ws_origin: WebSocketOrigin) -> None:

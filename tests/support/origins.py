@@ -34,7 +34,6 @@ import attrs
 import h11
 import trio
 import trio_websocket
-import trustme
 
 HOST = "127.0.0.1"
 #: The pattern repeats every 251 bytes (a prime, so it never lines up with chunk sizes).
@@ -65,30 +64,6 @@ def pattern_sha256(n: int) -> str:
     for piece in pattern_chunks(n):
         digest.update(piece)
     return digest.hexdigest()
-
-
-# -- TLS ------------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class TestTLS:
-    """A trustme CA, a server context with a certificate for `names`, a client trusting it."""
-
-    __test__ = False  # not a pytest test class
-
-    ca: trustme.CA
-    server: ssl.SSLContext
-    client: ssl.SSLContext
-
-
-def make_tls(*names: str) -> TestTLS:
-    ca = trustme.CA()
-    cert = ca.issue_cert(*(names or ("localhost", HOST, "origin.test")))
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server)
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    return TestTLS(ca, server, client)
 
 
 # -- HTTP/1.1 origin --------------------------------------------------------------------------

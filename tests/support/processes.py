@@ -19,30 +19,10 @@ import trio
 
 from fluidity.processes import stop_process
 from fluidity.readyfile import wait_ready_file
+from tests.support.pki import Pki
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
-
-
-@attrs.frozen
-class Pki:
-    """Certificate files made by `fluidity certs init`."""
-
-    dir: Path
-
-    def path(self, name: str) -> str:
-        return str(self.dir / name)
-
-
-def make_pki(directory: Path, *extra: str) -> Pki:
-    """Run the real certificate tool into `directory`."""
-    from click.testing import CliRunner
-
-    from fluidity.cli import main
-
-    result = CliRunner().invoke(main, ["certs", "init", "--dir", str(directory), *extra])
-    assert result.exit_code == 0, result.output
-    return Pki(directory)
 
 
 @attrs.define

@@ -5,39 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import attrs
 import pytest
 
-from tests.support.processes import (
-    SERVER_TEST_ENV,
-    Pki,
-    Running,
-    agent_args,
-    make_pki,
-    run_fluidity,
-    server_args,
-)
+from tests.support.pki import Pki
+from tests.support.processes import agent_args, run_fluidity, server_args
 
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """CA, server and client certificates made by the real `fluidity certs init`."""
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@attrs.frozen
-class Tunnel:
-    server: Running
-    agent: Running
-    workdir: Path
-
-    @property
-    def proxy(self) -> str:
-        return f"http://127.0.0.1:{self.agent.port}"
-
-
-#: A short upstream read timeout so the hanging-origin test answers 504 quickly.
-SERVER_ENV = {**SERVER_TEST_ENV, "FLUIDITY_UPSTREAM_READ_TIMEOUT": "3"}
+from .helpers import SERVER_ENV, Tunnel
 
 
 @pytest.fixture

@@ -23,19 +23,17 @@ from tests.support.origins import (
     serve_loopback,
     tcp_echo_origin,
 )
+from tests.support.pki import Pki
 from tests.support.processes import (
     START_TIMEOUT,
     STOP_TIMEOUT,
-    Pki,
     Running,
     agent_args,
     run_fluidity,
     server_args,
 )
 
-from .conftest import SERVER_ENV, Tunnel
-from .test_http import client, url
-from .test_tunnels import open_connect
+from .helpers import SERVER_ENV, Tunnel, client, open_connect, url
 
 #: Placed in a query string and a Proxy-Authorization header: must never come back.
 SECRET = "s3cr3t-t0ken-4f9a"

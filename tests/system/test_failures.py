@@ -11,17 +11,16 @@ import pytest
 import trio
 
 from fluidity.certs import create_ca, issue_client_cert
+from tests.support.curl import curl
 from tests.support.origins import http_origin
+from tests.support.pki import Pki, make_pki
 from tests.support.processes import (
-    Pki,
     agent_args,
-    make_pki,
     run_fluidity,
     server_args,
 )
 
-from .conftest import SERVER_ENV, Tunnel
-from .test_http import client, curl, url
+from .helpers import SERVER_ENV, Tunnel, client, url
 
 
 async def raw_request(port: int, data: bytes) -> bytes:

@@ -17,9 +17,10 @@ import trio
 
 from tests.support.curl import curl
 from tests.support.origins import http_origin
-from tests.support.processes import Pki, Running, agent_args, run_fluidity, server_args
+from tests.support.pki import Pki
+from tests.support.processes import Running, agent_args, run_fluidity, server_args
 
-from .conftest import SERVER_ENV
+from .helpers import SERVER_ENV
 
 FLOOD = 300
 #: What the server may grow by while flooded: a few tasks and sockets' worth, not 300 SSL objects.

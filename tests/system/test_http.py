@@ -6,26 +6,15 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 
-import httpx2
-
 from tests.support.curl import curl
 from tests.support.origins import (
     GZIP_BODY,
-    HTTPOrigin,
     http_origin,
     pattern_bytes,
     pattern_sha256,
 )
 
-from .conftest import Tunnel
-
-
-def url(origin: HTTPOrigin, path: str) -> str:
-    return f"http://origin.test:{origin.port}{path}"
-
-
-def client(tunnel: Tunnel) -> httpx2.AsyncClient:
-    return httpx2.AsyncClient(proxy=tunnel.proxy, trust_env=False, timeout=60)
+from .helpers import Tunnel, client, url
 
 
 async def test_get_strips_hop_by_hop_headers_and_adds_via(tunnel: Tunnel) -> None:

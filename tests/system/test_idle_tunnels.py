@@ -15,10 +15,10 @@ import pytest
 import trio
 
 from tests.support.origins import serve_loopback
-from tests.support.processes import Pki, Running, agent_args, run_fluidity, server_args
+from tests.support.pki import Pki
+from tests.support.processes import Running, agent_args, run_fluidity, server_args
 
-from .conftest import SERVER_ENV, Tunnel
-from .test_tunnels import open_connect
+from .helpers import SERVER_ENV, Tunnel, open_connect
 
 HALF_CLOSED = 0.5
 

@@ -7,7 +7,7 @@ import trio
 from tests.support.curl import curl
 from tests.support.origins import http_origin
 
-from .conftest import Tunnel
+from .helpers import Tunnel
 
 SECRET = "s3cr3t-T0KEN-4242"
 

@@ -13,8 +13,7 @@ import trio
 from fluidity.server.origin_pool import MAX_HEAD
 from tests.support.origins import http_origin, pattern_sha256
 
-from .conftest import Tunnel
-from .test_http import client, url
+from .helpers import Tunnel, client, url
 
 TRANSFER = 32 * 1024 * 1024
 

@@ -16,10 +16,11 @@ from python_socks.async_.trio import Proxy as SocksProxy
 
 from tests.support.curl import curl
 from tests.support.origins import ECHO_TRAILER, http_origin, tcp_echo_origin, websocket_origin
-from tests.support.processes import Pki, Running, agent_args, run_fluidity
+from tests.support.pki import Pki
+from tests.support.processes import Running, agent_args, run_fluidity
 from tests.support.wsclient import proxied_websocket
 
-from .test_socks import echo_round_trip
+from .helpers import echo_round_trip
 
 #: Direct: loopback only (the tests' destinations). Blocked: names and a private block that no
 #: connection is ever tried to. Everything else: the tunnel, which is down.

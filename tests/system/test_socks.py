@@ -17,9 +17,10 @@ from python_socks.async_.trio import Proxy as SocksProxy
 
 from tests.support.curl import curl
 from tests.support.origins import ECHO_TRAILER, http_origin, tcp_echo_origin
-from tests.support.processes import Pki, Running, agent_args, run_fluidity, server_args
+from tests.support.pki import Pki
+from tests.support.processes import Running, agent_args, run_fluidity, server_args
 
-from .conftest import SERVER_ENV
+from .helpers import SERVER_ENV, echo_round_trip, read_to_end
 
 SOCKS_REFUSED = 0x05
 SOCKS_HOST_UNREACHABLE = 0x04
@@ -53,26 +54,6 @@ async def socks_connect(
     proxy = SocksProxy.from_url(f"socks5://{auth}127.0.0.1:{socks_port(agent)}", rdns=rdns)
     sock = await proxy.connect(host, port, timeout=20)
     return trio.SocketStream(sock)
-
-
-async def echo_round_trip(stream: trio.SocketStream, payload: bytes) -> bytes:
-    """Send `payload`, half-close, and read everything until the origin closes."""
-
-    async def send() -> None:
-        await stream.send_all(payload)
-        await stream.send_eof()
-
-    received = bytearray()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(send)
-        while data := await stream.receive_some(65536):
-            received += data
-    return bytes(received)
-
-
-async def read_to_end(stream: trio.SocketStream) -> None:
-    while await stream.receive_some(65536):
-        pass
 
 
 @pytest.fixture

@@ -11,25 +11,13 @@ from tests.support.curl import curl
 from tests.support.origins import (
     ECHO_TRAILER,
     http_origin,
-    make_tls,
     tcp_echo_origin,
     websocket_origin,
 )
+from tests.support.pki import make_tls
 from tests.support.wsclient import proxied_websocket
 
-from .conftest import Tunnel
-
-
-async def open_connect(tunnel: Tunnel, authority: str) -> tuple[trio.SocketStream, bytes]:
-    """A raw CONNECT through the agent; returns the stream and the response head."""
-    stream = await trio.open_tcp_stream("127.0.0.1", tunnel.agent.port)
-    await stream.send_all(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = await stream.receive_some(4096)
-        assert chunk, f"proxy closed during the CONNECT answer: {head!r}"
-        head += chunk
-    return stream, head
+from .helpers import Tunnel, open_connect
 
 
 async def test_connect_to_an_https_origin_with_curl(tunnel: Tunnel) -> None:

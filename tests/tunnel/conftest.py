@@ -5,7 +5,8 @@ from __future__ import annotations
 import ssl
 
 import pytest
-import trustme
+
+from tests.support.pki import mutual_tls
 
 from .helpers import linked_pair
 
@@ -15,18 +16,5 @@ __all__ = ["linked_pair"]
 @pytest.fixture(scope="session")
 def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """(agent, server) TLS 1.3 contexts for mutual auth, both issued by one trustme CA."""
-    ca = trustme.CA()
-    server_cert = ca.issue_cert("server.fluidity.test")
-    agent_cert = ca.issue_cert("agent.fluidity.test")
-
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.minimum_version = ssl.TLSVersion.TLSv1_3
-    server.verify_mode = ssl.CERT_REQUIRED
-    server_cert.configure_cert(server)
-    ca.configure_trust(server)
-
-    agent = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    agent.minimum_version = ssl.TLSVersion.TLSv1_3
-    agent_cert.configure_cert(agent)
-    ca.configure_trust(agent)
-    return agent, server
+    tls = mutual_tls()
+    return tls.agent, tls.server
