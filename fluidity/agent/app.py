@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import gc
 import logging
 import os
@@ -21,9 +22,12 @@ from fluidity.tls import client_ssl_context
 from fluidity.tunnel import LinkConfig
 
 from .burst import BurstLog
+from .direct import DirectLink
 from .lifecycle import AuthError, Backoff, ControlPlane, ControlPlaneError, Lifecycle
 from .proxy import Proxy, ProxySettings
+from .routing import Routes
 from .settings import AgentConfig
+from .socks import handle_socks
 from .tunnel_client import TunnelClient
 
 log = logging.getLogger("fluidity.agent")
@@ -97,6 +101,17 @@ async def serve(
         backoff=Backoff(config.reconnect_min_delay, config.reconnect_max_delay),
         lifecycle=lifecycle,
     )
+    routes = Routes.parse(config.routes, config.default_route)
+    max_connections = connection_budget(config.max_client_connections)
+    direct = None
+    if routes.uses_direct:
+        direct = DirectLink(
+            connect_timeout=config.connect_timeout,
+            idle_timeout=config.tunnel_idle_timeout,
+            half_closed_timeout=config.half_closed_timeout,
+            max_streams=max_connections,
+            policy=WindowPolicy(config.max_window, config.receive_budget),
+        )
     proxy = Proxy(
         tunnel,
         ProxySettings(
@@ -105,10 +120,12 @@ async def serve(
             idle_timeout=config.client_idle_timeout,
             tunnel_idle_timeout=config.tunnel_idle_timeout,
             half_closed_timeout=config.half_closed_timeout,
-            max_connections=connection_budget(config.max_client_connections),
+            max_connections=max_connections,
             healthz_hosts=frozenset(config.healthz_hosts),
+            routes=routes,
         ),
         health=lambda: health(tunnel, proxy),
+        direct=direct,
     )
     try:
         await _serve(config, tunnel, proxy, task_status)
@@ -135,30 +152,45 @@ async def _serve(
         # Before any task: a busy port is one line (StartupError), and wakes no server.
         listeners = await open_listeners(config, "listen_host", "listen_port", "the proxy")
         port = listeners[0].socket.getsockname()[1]
+        socks_listeners = []
+        if config.socks_port is not None:
+            socks_listeners = await open_listeners(
+                config, "listen_host", "socks_port", "the SOCKS5 proxy"
+            )
         async with trio.open_nursery() as nursery:
             await nursery.start(tunnel.run)
+            if proxy.direct is not None:
+                await nursery.start(proxy.direct.run)
+            served = [(listener, proxy.handle) for listener in listeners]
+            socks = functools.partial(handle_socks, proxy)
+            served += [(listener, socks) for listener in socks_listeners]
             async with trio.open_nursery() as handlers:
-                accept_scope = trio.CancelScope()
-
-                for listener in listeners:
+                # One scope per accept loop: a scope may be entered once.
+                accept_scopes = [trio.CancelScope() for _ in served]
+                for (listener, handler), scope in zip(served, accept_scopes, strict=True):
                     nursery.start_soon(
-                        _accept,
-                        listener,
-                        proxy.handle,
-                        handlers,
-                        accept_scope,
-                        proxy.close_oldest_idle,
+                        _accept, listener, handler, handlers, scope, proxy.close_oldest_idle
                     )
                 where = host_port(config.listen_host, port)
                 log.info("proxy listening on http://%s (tunnel to %s)", where,
                          host_port(config.server_host, config.server_port))  # fmt: skip
-                write_ready_file(config.ready_file, {"listen_port": port})
+                ready = {"listen_port": port}
+                if socks_listeners:
+                    ready["socks_port"] = socks_listeners[0].socket.getsockname()[1]
+                    log.info("SOCKS5 proxy listening on %s",
+                             host_port(config.listen_host, ready["socks_port"]))  # fmt: skip
+                if proxy.settings.routes.rules:
+                    log.info("%d routing rules; default route: %s; PAC file at http://%s/proxy.pac",
+                             len(proxy.settings.routes.rules), config.default_route,
+                             where)  # fmt: skip
+                write_ready_file(config.ready_file, ready)
                 task_status.started()
                 async for signum in signals:
                     log.info("%s received: shutting down", signal.Signals(signum).name)
                     break
-                accept_scope.cancel()
-                for listener in listeners:
+                for scope in accept_scopes:
+                    scope.cancel()
+                for listener, _ in served:
                     await listener.aclose()
                 proxy.begin_shutdown()
                 with trio.move_on_after(config.shutdown_grace) as grace:

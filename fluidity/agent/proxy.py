@@ -3,7 +3,10 @@
 One `ClientConnection` per accepted socket serves keep-alive requests in turn:
 absolute-form requests become Request streams, CONNECT becomes a Connect stream relaying raw
 bytes, and WebSocket upgrades are terminated here with wsproto and relayed message by message.
-Origin-form requests are for the agent itself: /healthz, and / (the status page, `status`).
+Origin-form requests are for the agent itself: /healthz, / (the status page, `status`) and
+/proxy.pac. The routing rules (`routing`) send each destination through the tunnel, to the
+direct link (`direct`), or nowhere (403). The SOCKS5 listener (`socks`) shares this module's
+connection accounting, stream opening and byte relay.
 
 What a client sends is never echoed: a malformed request is logged and answered with the kind
 of error and a length, never its bytes (they may hold credentials or private URLs). A transfer
@@ -21,7 +24,7 @@ import socket
 import struct
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import attrs
 import h11
@@ -52,8 +55,11 @@ from fluidity.tunnel import (
 )
 
 from . import headers as hdr
+from . import pac
 from .burst import BurstLog
+from .direct import DirectLink
 from .headers import BadRequest
+from .routing import Action, Routes
 from .settings import is_loopback
 from .status import page as status_page
 from .tunnel_client import TunnelClient, TunnelUnavailable
@@ -98,8 +104,14 @@ class ProxySettings:
     half_closed_timeout: float = 60.0
     #: Most client connections at once (max_client_connections, or less if fds are short).
     max_connections: int = 512
-    #: Host names /healthz answers to besides loopback ones (lower case, no port).
+    #: Host names /healthz and /proxy.pac answer to besides loopback ones (lower case, no port).
     healthz_hosts: frozenset[str] = frozenset()
+    #: Where each destination goes (routes, default_route).
+    routes: Routes = attrs.field(factory=Routes)
+
+
+class Blocked(Exception):
+    """The routing rules refuse the destination; the message names the rule (safe to show)."""
 
 
 class _ClientGone(Exception):
@@ -151,6 +163,20 @@ def describe_h11_error(exc: h11.ProtocolError) -> str:
     return "malformed request"
 
 
+class Served(Protocol):
+    """A client connection the proxy counts against max_client_connections (HTTP or SOCKS)."""
+
+    client: trio.abc.HalfCloseableStream
+    #: Cancelled to close the connection while it waits for its next request.
+    idle_scope: trio.CancelScope
+    #: Close with a TCP reset: a transfer was cut short.
+    abort: bool
+    #: Why the connection is only refused (over max_client_connections), or None.
+    refusal: str | None
+
+    async def serve(self) -> None: ...
+
+
 class Proxy:
     """Serves local client connections; shared by all of them."""
 
@@ -159,13 +185,16 @@ class Proxy:
         tunnel: TunnelClient,
         settings: ProxySettings,
         health: Callable[[], tuple[int, dict[str, Any]]],
+        direct: DirectLink | None = None,
     ) -> None:
         self.tunnel = tunnel
         self.settings = settings
         self.health = health
-        self.connections: set[ClientConnection] = set()
+        #: The link for direct routes (None: no rule sends traffic direct).
+        self.direct = direct
+        self.connections: set[Served] = set()
         #: Connections waiting for their next request, oldest first (a dict keeps order).
-        self.idle_connections: dict[ClientConnection, None] = {}
+        self.idle_connections: dict[Served, None] = {}
         self.active_requests = 0
         self.shutting_down = False
         self._idle = trio.Event()
@@ -174,8 +203,13 @@ class Proxy:
         self.over_capacity = BurstLog(log, logging.WARNING)
 
     async def handle(self, client: trio.abc.HalfCloseableStream) -> None:
-        """Entry point for trio.serve_listeners."""
-        connection = ClientConnection(self, client)
+        """Entry point for the HTTP listener."""
+        await self.serve_connection(ClientConnection(self, client))
+
+    async def serve_connection(self, connection: Served) -> None:
+        """Serve one accepted connection within max_client_connections, then close it (with
+        a reset if its transfer was cut short)."""
+        client = connection.client
         if len(self.connections) >= self.settings.max_connections and not self.close_oldest_idle():
             connection.refusal = (
                 f"the agent already serves {len(self.connections)} client connections "
@@ -183,7 +217,7 @@ class Proxy:
                 "clients, or raise max_client_connections"
             )
             self.over_capacity.record(
-                "client connections at max_client_connections (%d), none idle: answering 503",
+                "client connections at max_client_connections (%d), none idle: refusing new ones",
                 self.settings.max_connections,
             )
         self.connections.add(connection)
@@ -243,6 +277,32 @@ class Proxy:
         name = hdr.host_name(hosts[0])
         return name is not None and (is_loopback(name) or name in self.settings.healthz_hosts)
 
+    async def open_stream(self, head: Opening, route: Action) -> TunnelStream:
+        """A stream for `head` on the route's link: the tunnel's, or the direct one.
+
+        Raises TunnelUnavailable (no link in time), StreamLimit and FrameTooLarge.
+        """
+        if route is Action.DIRECT:
+            assert self.direct is not None, "the agent runs a direct link when a rule needs it"
+            link = await self.direct.wait_link()
+        else:
+            link = await self.link()
+        try:
+            return await link.open_stream(head)
+        except LinkClosed as exc:
+            where = "the direct link" if route is Action.DIRECT else "tunnel to the server"
+            raise TunnelUnavailable(f"{where} is unavailable ({exc})") from exc
+
+    def route(self, host: str, kind: str, client: trio.abc.Stream) -> Action:
+        """Where traffic to `host` goes; raises `Blocked` when a block rule (or the default)
+        refuses it. `kind` ("CONNECT") and `client` are only for the log line of a block."""
+        decision = self.settings.routes.decide(host)
+        if decision.action is Action.BLOCK:
+            log.debug("blocked %s to %s from %s: %s", kind, host, peer_of(client),
+                      decision.describe())  # fmt: skip
+            raise Blocked(f"{host} is blocked by the agent's {decision.describe()}")
+        return decision.action
+
     async def link(self) -> Link:
         """The tunnel link, waiting (bounded) while it is down."""
         link = self.tunnel.link
@@ -256,6 +316,15 @@ class Proxy:
             f"tunnel to the server is unavailable after {self.settings.request_wait_timeout:g} s "
             f"({reason})"
         )
+
+
+def peer_of(client: trio.abc.Stream) -> str:
+    """A client's address, for logs."""
+    if isinstance(client, trio.SocketStream):
+        with contextlib.suppress(OSError):
+            host, port, *_ = client.socket.getpeername()
+            return f"{host}:{port}"
+    return "client"
 
 
 def _expected_auth(proxy_auth: str | None) -> bytes | None:
@@ -323,11 +392,7 @@ class ClientConnection:
 
     def peer(self) -> str:
         """The client's address, for logs."""
-        if isinstance(self.client, trio.SocketStream):
-            with contextlib.suppress(OSError):
-                host, port, *_ = self.client.socket.getpeername()
-                return f"{host}:{port}"
-        return "client"
+        return peer_of(self.client)
 
     # -- h11 plumbing ---------------------------------------------------------------------
 
@@ -530,7 +595,7 @@ class ClientConnection:
         self.head_request = request.method == b"HEAD"
         headers = list(request.headers)  # once: h11's Headers iterate slowly, by index
         expected = self.proxy._auth
-        if expected is not None:
+        if expected is not None and not _is_pac_request(request):
             problem = _auth_problem(hdr.get(headers, b"proxy-authorization"), expected)
             if problem is not None:
                 return await self._auth_required(problem)
@@ -552,6 +617,9 @@ class ClientConnection:
             return False
         except _Refused as exc:
             await self._send_simple(exc.status, exc.reason, reason=exc.token, close=True)
+            return False
+        except Blocked as exc:
+            await self._send_simple(403, f"Forbidden: {exc}", reason=b"route-blocked", close=True)
             return False
         except TunnelUnavailable as exc:
             await self._send_simple(502, str(exc), reason=b"tunnel-unavailable")
@@ -593,18 +661,30 @@ class ClientConnection:
 
     async def _local(self, request: h11.Request, headers: hdr.HeaderList) -> None:
         path = request.target.split(b"?", 1)[0]
-        allowed = self.proxy.healthz_allowed(hdr.get(headers, b"host"))
+        hosts = hdr.get(headers, b"host")
+        allowed = self.proxy.healthz_allowed(hosts)
         if request.method in {b"GET", b"HEAD"} and (
-            path == b"/healthz" or (path == b"/" and allowed)  # else "this is a proxy"
+            path in _LOCAL_PATHS or (path == b"/" and allowed)  # else "this is a proxy"
         ):
             if not allowed:
                 await self._send_simple(
                     421,
-                    "/healthz answers only to a loopback Host (127.0.0.1, [::1], localhost, "
-                    "with or without a port) or one listed in healthz_hosts: a page that got "
-                    "its own name to resolve to this address must not read it (DNS rebinding)",
+                    f"{path.decode()} answers only to a loopback Host (127.0.0.1, [::1], "
+                    "localhost, with or without a port) or one listed in healthz_hosts: a page "
+                    "that got its own name to resolve to this address must not read it (DNS "
+                    "rebinding)",
                     reason=b"misdirected-host",
                 )
+                return
+            if path == _PAC_PATH:
+                # The proxy the browser is to use is the address it fetched this file from.
+                name = hdr.host_name(hosts[0])
+                assert name is not None  # healthz_allowed checked it
+                proxy = pac.proxy_address(name, hdr.host_port(hosts[0]))
+                await self._send_simple(
+                    200, pac.pac_file(self.proxy.settings.routes, proxy),
+                    reason=b"pac-file", content_type=pac.CONTENT_TYPE,
+                )  # fmt: skip
                 return
             status, body = self.proxy.health()
             if path == b"/":  # a browser visiting the agent's address: the status page
@@ -626,8 +706,9 @@ class ClientConnection:
         await self._send_simple(
             400,
             "This is Fluidity's HTTP proxy, not a web server. Configure it as your HTTP and "
-            f"HTTPS proxy (for example `curl -x {proxy} https://example.com`); "
-            f"{proxy}/healthz shows the tunnel's state.",
+            f"HTTPS proxy (for example `curl -x {proxy} https://example.com`); {proxy}/ in a "
+            f"browser or {proxy}/healthz shows the tunnel's state; {proxy}/proxy.pac is a proxy "
+            "auto-config file for browsers.",
             reason=b"not-a-proxy-request",
         )
 
@@ -641,12 +722,9 @@ class ClientConnection:
 
     # -- plain HTTP -----------------------------------------------------------------------
 
-    async def _open(self, head: Opening) -> TunnelStream:
-        link = await self.proxy.link()
+    async def _open(self, head: Opening, route: Action) -> TunnelStream:
         try:
-            return await link.open_stream(head)
-        except LinkClosed as exc:
-            raise TunnelUnavailable(f"tunnel to the server is unavailable ({exc})") from exc
+            return await self.proxy.open_stream(head, route)
         except FrameTooLarge as exc:
             refused = _too_large(head, exc)
             log.info("refused a request from %s: %s", self.peer(), refused.reason)
@@ -654,6 +732,7 @@ class ClientConnection:
 
     async def _forward(self, request: h11.Request, headers: hdr.HeaderList) -> None:
         target = hdr.parse_target(request.target)
+        route = self.proxy.route(target.host, "request", self.client)
         body = hdr.has_body(headers)
         head = Request(
             0,
@@ -662,7 +741,7 @@ class ClientConnection:
             tuple(hdr.request_headers(headers, target)),
             end_stream=not body,
         )
-        stream = await self._open(head)
+        stream = await self._open(head, route)
         log.debug("%s %s://%s", request.method.decode(), target.scheme, target.authority.decode())
         async with stream:
             try:
@@ -765,7 +844,8 @@ class ClientConnection:
 
     async def _connect(self, request: h11.Request) -> None:
         host, port = hdr.parse_authority(request.target)
-        stream = await self._open(Connect(0, host, port))
+        route = self.proxy.route(host, "CONNECT", self.client)
+        stream = await self._open(Connect(0, host, port), route)
         log.debug("CONNECT %s:%d", host, port)
         async with stream:
             ack = await self._accepted(stream, ConnectAck)
@@ -775,58 +855,8 @@ class ClientConnection:
                 h11.Response(status_code=200, headers=[], reason=b"Connection Established")
             )
             trailing, _ = self.h11.trailing_data
-            quiet = None
-            try:
-                if trailing:
-                    await stream.send_all(trailing)
-                quiet = await self._relay_bytes(stream)
-            except* (LinkClosed, StreamReset) as group:  # the relay's nursery wraps them
-                # The client must see a failure, not the clean end of a shorter stream.
+            if await carry_tunnel(self.client, stream, trailing, self.proxy.settings):
                 self.abort = True
-                log.info("tunnel to %s:%d failed: %s", host, port, group.exceptions[0])
-            if quiet is not None:
-                stream.reset(ErrorCode.CANCEL, f"tunnel closed by the agent: {quiet}")
-                log.info("tunnel to %s:%d closed: %s", host, port, quiet)
-
-    async def _relay_bytes(self, stream: TunnelStream) -> str | None:
-        """Relay until both sides have ended; returns why, if a timeout ended it instead."""
-        client = self.client
-        settings = self.proxy.settings
-        client_done = False
-
-        async def client_to_tunnel() -> None:
-            nonlocal client_done
-            while True:
-                try:
-                    data = await client.receive_some(READ_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    stream.reset(ErrorCode.CANCEL, "client connection lost")
-                    raise
-                if not data:
-                    client_done = True
-                    quiet.ended_one_way()
-                    await stream.send_eof()
-                    return
-                quiet.moved()
-                await stream.send_all(data)
-
-        async def tunnel_to_client() -> None:
-            while data := await stream.receive_some():
-                quiet.moved()
-                await client.send_all(data)
-            quiet.ended_one_way()
-            if not client_done:  # else the close that follows says it all
-                await client.send_eof()
-
-        with trio.CancelScope() as scope:
-            quiet = _Quiet(scope, settings.tunnel_idle_timeout, settings.half_closed_timeout)
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(client_to_tunnel)
-                    await tunnel_to_client()
-            except* (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-        return quiet.reason() if scope.cancelled_caught else None
 
     # -- WebSocket ----------------------------------------------------------------------------
 
@@ -841,7 +871,8 @@ class ClientConnection:
             tuple(hdr.websocket_headers(headers, target)),
             hdr.subprotocols(headers),
         )
-        stream = await self._open(head)
+        route = self.proxy.route(target.host, "WebSocket", self.client)
+        stream = await self._open(head, route)
         log.debug("WebSocket %s://%s", target.scheme, target.authority.decode())
         async with stream:
             ws_ack = await self._accepted(stream, WebSocketAck)
@@ -860,6 +891,82 @@ class ClientConnection:
                 await relay_websocket(self.client, stream, trailing, self._send_lock)
             except* (TunnelError, trio.BrokenResourceError, trio.ClosedResourceError) as group:
                 log.info("WebSocket relay ended: %s", group.exceptions[0])
+
+
+async def carry_tunnel(
+    client: trio.abc.HalfCloseableStream,
+    stream: TunnelStream,
+    trailing: bytes,
+    settings: ProxySettings,
+) -> bool:
+    """Carry an accepted Connect stream (HTTP CONNECT or SOCKS) until it ends; True if the
+    tunnel failed mid-way, so that the client connection is closed with a reset."""
+    head = stream.head
+    assert isinstance(head, Connect)
+    quiet = None
+    failed = False
+    try:
+        if trailing:
+            await stream.send_all(trailing)
+        quiet = await relay_bytes(client, stream, settings)
+    except* (LinkClosed, StreamReset) as group:  # the relay's nursery wraps them
+        # The client must see a failure, not the clean end of a shorter stream.
+        log.info("tunnel to %s:%d failed: %s", head.host, head.port, group.exceptions[0])
+        failed = True
+    if quiet is not None:
+        stream.reset(ErrorCode.CANCEL, f"tunnel closed by the agent: {quiet}")
+        log.info("tunnel to %s:%d closed: %s", head.host, head.port, quiet)
+    return failed
+
+
+async def relay_bytes(
+    client: trio.abc.HalfCloseableStream, stream: TunnelStream, settings: ProxySettings
+) -> str | None:
+    """Relay until both sides have ended; returns why, if a timeout ended it instead."""
+    client_done = False
+
+    async def client_to_tunnel() -> None:
+        nonlocal client_done
+        while True:
+            try:
+                data = await client.receive_some(READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                stream.reset(ErrorCode.CANCEL, "client connection lost")
+                raise
+            if not data:
+                client_done = True
+                quiet.ended_one_way()
+                await stream.send_eof()
+                return
+            quiet.moved()
+            await stream.send_all(data)
+
+    async def tunnel_to_client() -> None:
+        while data := await stream.receive_some():
+            quiet.moved()
+            await client.send_all(data)
+        quiet.ended_one_way()
+        if not client_done:  # else the close that follows says it all
+            await client.send_eof()
+
+    with trio.CancelScope() as scope:
+        quiet = _Quiet(scope, settings.tunnel_idle_timeout, settings.half_closed_timeout)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client_to_tunnel)
+                await tunnel_to_client()
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+    return quiet.reason() if scope.cancelled_caught else None
+
+
+_PAC_PATH = b"/proxy.pac"
+_LOCAL_PATHS = frozenset({b"/healthz", _PAC_PATH})
+
+
+def _is_pac_request(request: h11.Request) -> bool:
+    """A browser fetches a PAC file as a plain GET, without proxy credentials."""
+    return request.method in {b"GET", b"HEAD"} and request.target.split(b"?", 1)[0] == _PAC_PATH
 
 
 def _too_large(head: Opening, exc: FrameTooLarge) -> _Refused:
