@@ -14,11 +14,35 @@ import attrs
 
 __all__ = [
     "DEFAULT_PORTS",
+    "ERROR_HEADER",
     "HOP_BY_HOP",
+    "REASON_HEADER",
     "WEBSOCKET_HANDSHAKE",
     "AbsoluteURL",
+    "header_text",
     "parse_absolute_url",
+    "upstream_reason",
 ]
+
+#: On every answer Fluidity makes itself (not the origin): a stable token saying why, for
+#: scripts (`tunnel-unavailable`, `egress-denied`, ...; docs/data-plane.md lists them).
+REASON_HEADER = b"x-fluidity-reason"
+#: Beside it on failures: the same words as the body, for clients that show only headers
+#: (curl shows no body for a failed CONNECT).
+ERROR_HEADER = b"x-fluidity-error"
+
+_UPSTREAM_REASONS = {400: b"bad-request", 403: b"egress-denied", 504: b"origin-timeout"}
+
+
+def upstream_reason(status: int) -> bytes:
+    """The reason token of the server's failure to reach an origin, by its status."""
+    return _UPSTREAM_REASONS.get(status, b"origin-failed")
+
+
+def header_text(text: str) -> bytes:
+    """`text` as a header value: one line of ASCII, at most 512 bytes."""
+    return " ".join(text.split()).encode("ascii", "replace")[:512]
+
 
 #: Always connection-specific, whatever the Connection header says (RFC 9110 section 7.6.1).
 HOP_BY_HOP = frozenset(

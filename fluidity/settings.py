@@ -19,6 +19,11 @@ library has: the messages (closest-name suggestions; the key, variable and flag 
 at fault; what was expected) and the checks across settings, which each process keeps in its
 ``check`` method.
 
+The file is ``--config``, else ``$FLUIDITY_CONFIG``, else ``<process>.yaml`` in the default
+config directory (`default_config_dir`: platformdirs' user config directory, as
+`fluidity certs init` writes it) if it exists. Relative paths in a file are relative to the
+file, so a process starts the same from any working directory.
+
 The loader checks everything it can before the process starts (values, files, that each key
 matches its certificate), so a mistake is one clear `ConfigError`, never a traceback from deep
 inside the tunnel.
@@ -40,16 +45,19 @@ from typing import IO, Any, Protocol, TypeVar
 
 import attrs
 import click
+import platformdirs
 import yaml
 from click.core import ParameterSource
 
-from fluidity import tls
+from fluidity import __version__, tls
 
 __all__ = [
     "ENV_CONFIG",
     "ENV_PREFIX",
     "ConfigError",
     "command",
+    "default_config_dir",
+    "default_config_file",
     "load_config",
     "redacted",
     "reference",
@@ -242,6 +250,11 @@ class _Setting:
     def multiple(self) -> bool:
         return self.kind in (_Kind.LIST, _Kind.MAP)
 
+    @property
+    def is_path(self) -> bool:
+        """A file path (its metavar says so): relative in a config file means to the file."""
+        return self.secret == "pem" or self.metavar == "PATH"
+
 
 _SETTINGS: dict[type[Any], dict[str, _Setting]] = {}
 
@@ -381,10 +394,23 @@ def _convert(ctx: click.Context, param: click.Parameter, raw: Any) -> Any:
     return _UNSET
 
 
+def default_config_dir() -> Path:
+    """Where `fluidity certs init` puts certificates and config files by default, and where
+    the processes look for theirs: ``~/.config/fluidity`` on Linux (``$XDG_CONFIG_HOME``),
+    ``~/Library/Application Support/fluidity`` on macOS (platformdirs)."""
+    return Path(platformdirs.user_config_dir("fluidity", appauthor=False))
+
+
+def default_config_file(cls: type[Any]) -> Path:
+    """``agent.yaml`` or ``server.yaml`` in `default_config_dir`."""
+    return default_config_dir() / f"{label(cls)}.yaml"
+
+
 def _read_file(
     cls: type[Any], ctx: click.Context, param: click.Parameter, path: str | None
 ) -> None:
-    """Eager ``--config``: check the environment's names, read the file into ``default_map``."""
+    """Eager ``--config``: check the environment's names, read the file into ``default_map``
+    (the default file when no path is given and it exists)."""
     settings = settings_of(cls)
     for var in sorted(_environ(ctx)):
         if not var.startswith(ENV_PREFIX) or var == ENV_CONFIG:
@@ -394,10 +420,17 @@ def _read_file(
             # one shell may start both processes: each takes its own variables
             raise _unknown(cls, key, f"environment variable {var}", env=True)
     if not path:
-        return
+        default = default_config_file(cls)
+        if not default.is_file():
+            return
+        path = str(default)
     where = f"in config file {path}"
+    base = Path(path).expanduser().absolute().parent
     values = {}
     for key, raw in _read_yaml(cls, path).items():
+        if settings[key].is_path and isinstance(raw, str) and "-----BEGIN" not in raw:
+            # an absolute path stays as it is; normpath drops the ".." of "../certs/ca.pem"
+            raw = os.path.normpath(base / Path(raw.strip()).expanduser())
         value = coerce(settings[key], raw, where)
         if isinstance(value, Mapping):
             value = tuple(value.items())  # click iterates a repeatable option's value
@@ -423,16 +456,21 @@ def command(cls: type[C], run: Callable[[C], Any], doc: str) -> click.Command:
         expose_value=False,
         callback=functools.partial(_read_file, cls),
         metavar="PATH",
-        help=f"YAML config file (settings as keys). [env: {ENV_CONFIG}]",
+        help=f"YAML config file (settings as keys); relative paths in it are relative to it. "
+        f"[env: {ENV_CONFIG}; default: {default_config_file(cls)}, if it exists]",
     )
     options = [_SettingOption(s, _help(s)) for s in settings_of(cls).values()]
-    return click.Command(
+    main = click.Command(
         label(cls),
         params=[config_option, *options],
         callback=callback,
         help=doc,
         context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     )
+    version: Callable[[click.Command], click.Command] = click.version_option(
+        __version__, prog_name=f"fluidity-{label(cls)}"
+    )
+    return version(main)
 
 
 def load_config(
@@ -630,7 +668,10 @@ def _short(value: object) -> str:
 
 # -- checks across settings (used by each process's ``check``) -----------------------------
 
-CERTS_FIX = "Create the certificates with `fluidity certs init --dir certs`."
+CERTS_FIX = (
+    "Create the certificates with `fluidity certs init`: it also writes agent.yaml and "
+    "server.yaml naming them in the config directory, read when --config is not given."
+)
 
 
 def names(config: Any, key: str) -> str:

@@ -17,6 +17,9 @@ Two layers, both set by one number, pytest-timeout's (`timeout` in pyproject.tom
 `--timeout=0` turns both off (for a debugger).
 
 The PKI that `fluidity certs init` makes is shared by the whole session (tests.support.pki).
+
+Hypothesis runs without its per-example deadline: on a loaded machine an example of a codec
+test took longer than 200 ms and failed a correct test; the time cap above bounds the whole.
 """
 
 from __future__ import annotations
@@ -27,9 +30,13 @@ from collections.abc import Generator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from tests.support.pki import Pki, make_pki
 from tests.support.timecap import capped
+
+hypothesis_settings.register_profile("fluidity", deadline=None)
+hypothesis_settings.load_profile("fluidity")
 
 #: The part of pytest-timeout's limit the trio cap takes; the rest is for teardown.
 TRIO_SHARE = 0.75

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import gc
 import logging
 import os
@@ -16,14 +17,18 @@ import trio
 
 from fluidity.protocol import Settings, WindowPolicy
 from fluidity.readyfile import write_ready_file
+from fluidity.startup import StartupError, expired, host_port, open_listeners, startup_error
 from fluidity.tls import client_ssl_context
 from fluidity.tunnel import LinkConfig
 
 from .burst import BurstLog
+from .direct import DirectLink
 from .lifecycle import AuthError, Backoff, ControlPlane, ControlPlaneError, Lifecycle
 from .metrics import AgentMetrics
 from .proxy import Proxy, ProxySettings
+from .routing import Routes
 from .settings import AgentConfig
+from .socks import handle_socks
 from .tunnel_client import TunnelClient
 
 log = logging.getLogger("fluidity.agent")
@@ -32,6 +37,7 @@ StreamT = TypeVar("StreamT", bound=trio.abc.AsyncResource)
 
 #: How long stopping the server may hold up the agent's exit.
 KILL_TIMEOUT = 10.0
+_NEW_CLIENT_CERT = "issue a new one with `fluidity certs client NAME --dir <CA directory>`"
 
 
 def health(tunnel: TunnelClient, proxy: Proxy) -> tuple[int, dict[str, Any]]:
@@ -39,11 +45,17 @@ def health(tunnel: TunnelClient, proxy: Proxy) -> tuple[int, dict[str, Any]]:
     body: dict[str, Any] = {
         "status": "ok" if tunnel.state in {"up", "asleep"} else "degraded",
         "tunnel": tunnel.state,
-        "server": f"{tunnel.host}:{tunnel.port}",
+        "server": host_port(tunnel.host, tunnel.port),
         "connects": tunnel.connects,
         "last_error": tunnel.last_error,
         "active_requests": proxy.active_requests,
     }
+    if tunnel.failure is not None:
+        body["failure"] = tunnel.failure.as_json()
+    if (wake := tunnel.wake_progress()) is not None:
+        body["wake"] = wake
+    if tunnel.server_status is not None:
+        body["server_state"] = tunnel.server_status.state
     if link is not None and link.is_open:
         stats = link.statistics()
         body["open_streams"] = stats.open_streams
@@ -61,6 +73,8 @@ async def serve(
     assert config.client_key is not None
     assert config.ca_cert is not None
     context = client_ssl_context(config.client_cert, config.client_key, config.ca_cert)
+    if (problem := expired(config, "client_cert", _NEW_CLIENT_CERT)) is not None:
+        log.error("%s", problem)
     lifecycle = None
     if config.api_url is not None:
         assert config.api_key is not None, "load_config requires api_key with api_url"
@@ -90,6 +104,17 @@ async def serve(
         lifecycle=lifecycle,
         metrics=metrics,
     )
+    routes = Routes.parse(config.routes, config.default_route)
+    max_connections = connection_budget(config.max_client_connections)
+    direct = None
+    if routes.uses_direct:
+        direct = DirectLink(
+            connect_timeout=config.connect_timeout,
+            idle_timeout=config.tunnel_idle_timeout,
+            half_closed_timeout=config.half_closed_timeout,
+            max_streams=max_connections,
+            policy=WindowPolicy(config.max_window, config.receive_budget),
+        )
     proxy = Proxy(
         tunnel,
         ProxySettings(
@@ -98,11 +123,13 @@ async def serve(
             idle_timeout=config.client_idle_timeout,
             tunnel_idle_timeout=config.tunnel_idle_timeout,
             half_closed_timeout=config.half_closed_timeout,
-            max_connections=connection_budget(config.max_client_connections),
+            max_connections=max_connections,
             healthz_hosts=frozenset(config.healthz_hosts),
+            routes=routes,
         ),
         health=lambda: health(tunnel, proxy),
         metrics=metrics,
+        direct=direct,
     )
     metrics.watch(tunnel, proxy)
     try:
@@ -110,11 +137,12 @@ async def serve(
     except* AuthError:
         raise  # the key is wrong: kill would be refused too
     except* ControlPlaneError:
-        # Gave up at start: a server woken for nothing should not run until Sleep stops it.
-        if lifecycle is not None and config.kill_on_exit:
+        # Gave up at start: a server woken for nothing should not run until Sleep stops it
+        # (one never woken, as when the API cannot be reached, needs no kill).
+        if lifecycle is not None and config.kill_on_exit and tunnel.woken:
             await _kill(lifecycle.control)
         raise
-    if lifecycle is not None and config.kill_on_exit:
+    if lifecycle is not None and config.kill_on_exit and tunnel.woken:
         await _kill(lifecycle.control)
     log.info("agent stopped")
 
@@ -126,32 +154,48 @@ async def _serve(
     task_status: trio.TaskStatus[None],
 ) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        # Before any task: a busy port is one line (StartupError), and wakes no server.
+        listeners = await open_listeners(config, "listen_host", "listen_port", "the proxy")
+        port = listeners[0].socket.getsockname()[1]
+        socks_listeners = []
+        if config.socks_port is not None:
+            socks_listeners = await open_listeners(
+                config, "listen_host", "socks_port", "the SOCKS5 proxy"
+            )
         async with trio.open_nursery() as nursery:
             await nursery.start(tunnel.run)
-            listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
-            port = listeners[0].socket.getsockname()[1]
+            if proxy.direct is not None:
+                await nursery.start(proxy.direct.run)
+            served = [(listener, proxy.handle) for listener in listeners]
+            socks = functools.partial(handle_socks, proxy)
+            served += [(listener, socks) for listener in socks_listeners]
             async with trio.open_nursery() as handlers:
-                accept_scope = trio.CancelScope()
-
-                for listener in listeners:
+                # One scope per accept loop: a scope may be entered once.
+                accept_scopes = [trio.CancelScope() for _ in served]
+                for (listener, handler), scope in zip(served, accept_scopes, strict=True):
                     nursery.start_soon(
-                        _accept,
-                        listener,
-                        proxy.handle,
-                        handlers,
-                        accept_scope,
-                        proxy.close_oldest_idle,
+                        _accept, listener, handler, handlers, scope, proxy.close_oldest_idle
                     )
-                where = f"{config.listen_host}:{port}"
-                log.info("proxy listening on http://%s (tunnel to %s:%d)", where,
-                         config.server_host, config.server_port)  # fmt: skip
-                write_ready_file(config.ready_file, {"listen_port": port})
+                where = host_port(config.listen_host, port)
+                log.info("proxy listening on http://%s (tunnel to %s)", where,
+                         host_port(config.server_host, config.server_port))  # fmt: skip
+                ready = {"listen_port": port}
+                if socks_listeners:
+                    ready["socks_port"] = socks_listeners[0].socket.getsockname()[1]
+                    log.info("SOCKS5 proxy listening on %s",
+                             host_port(config.listen_host, ready["socks_port"]))  # fmt: skip
+                if proxy.settings.routes.rules:
+                    log.info("%d routing rules; default route: %s; PAC file at http://%s/proxy.pac",
+                             len(proxy.settings.routes.rules), config.default_route,
+                             where)  # fmt: skip
+                write_ready_file(config.ready_file, ready)
                 task_status.started()
                 async for signum in signals:
                     log.info("%s received: shutting down", signal.Signals(signum).name)
                     break
-                accept_scope.cancel()
-                for listener in listeners:
+                for scope in accept_scopes:
+                    scope.cancel()
+                for listener, _ in served:
                     await listener.aclose()
                 proxy.begin_shutdown()
                 with trio.move_on_after(config.shutdown_grace) as grace:
@@ -269,10 +313,13 @@ def run(config: AgentConfig) -> int:
     gc.freeze()
     try:
         trio.run(serve, config)
-    except OSError as exc:
+    except StartupError as exc:
         log.error("agent failed to start: %s", exc)
         return 1
     except BaseExceptionGroup as group:
+        if (startup := startup_error(group)) is not None:
+            log.error("agent failed to start: %s", startup)
+            return 1
         fatal, rest = group.split(ControlPlaneError)
         if fatal is None or rest is not None:
             raise

@@ -132,6 +132,13 @@ def host_name(host: bytes) -> str | None:
     return name.rstrip(".") or None
 
 
+def host_port(host: bytes, default: int = 80) -> int:
+    """The port in a Host header value that `host_name` accepted; `default` when it has none."""
+    rest = host.rpartition(b"]")[2] if host.startswith(b"[") else host
+    _, sep, port = rest.rpartition(b":")
+    return int(port) if sep and port.isdigit() else default
+
+
 def parse_authority(target: bytes) -> tuple[str, int]:
     """Parse a CONNECT target `host:port` (IPv6 in brackets)."""
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -24,7 +25,9 @@ CALL_TIMEOUT = 30.0
 
 @attrs.frozen
 class Backoff:
-    """Exponential backoff with full jitter (AWS architecture blog style), capped."""
+    """Exponential backoff with jitter above a floor: attempt n waits a random time between
+    `minimum` and minimum x 2^n, capped at `maximum` (not "full jitter", which starts at 0:
+    a floor keeps a flapping server from being hit at once)."""
 
     minimum: float = 0.5
     maximum: float = 30.0
@@ -141,13 +144,20 @@ class ControlPlane:
     async def kill(self) -> ServerStatus:
         return await self.call("POST", "/kill")
 
-    async def wait_until_up(self, poll_interval: float, started: float) -> ServerStatus:
-        """Poll status until the server runs and has an address; log progress meanwhile.
+    async def wait_until_up(
+        self,
+        poll_interval: float,
+        started: float,
+        progress: Callable[[ServerStatus], None] = lambda status: None,
+    ) -> ServerStatus:
+        """Poll status until the server runs and has an address; log progress meanwhile and
+        hand each status to `progress` (the agent's /healthz shows it).
 
         Bound it at the call site (connection_timeout).
         """
         while True:
             status = await self.status()
+            progress(status)
             if status.state == "running" and status.address:
                 return status
             waited = trio.current_time() - started

@@ -24,7 +24,6 @@ from fluidity.telemetry import (
     authority,
     describe_head,
     exposition,
-    failure_cause,
     status_class,
 )
 from fluidity.tunnel import Link, TunnelStream
@@ -35,7 +34,7 @@ if TYPE_CHECKING:
 
 PREFIX = "fluidity_agent"
 #: The status that means a tunnel was accepted, by kind.
-_ACCEPTED = {"connect": 200, "websocket": 101}
+_ACCEPTED = {"connect": 200, "socks": 200, "websocket": 101}
 #: The tunnel client's states, each a sample of fluidity_agent_tunnel_state.
 STATES = ("connecting", "up", "asleep", "waking", "down", "stopping", "stopped")
 #: Seconds a wake may take, from a warm task (seconds) to a cold Fargate start (minutes).
@@ -81,8 +80,10 @@ class AgentMetrics:
             self.link = None
             self.link_bytes.retire(link.bytes_sent, link.bytes_received)
 
-    def handshake_failed(self, exc: BaseException) -> None:
-        self.handshake_failures[failure_cause(exc)] += 1
+    def handshake_failed(self, cause: str) -> None:
+        """An attempt failed before the link came up; `cause` is the name `failures.classify`
+        gave it (the one /healthz shows)."""
+        self.handshake_failures[cause] += 1
 
     def woke(self, seconds: float) -> None:
         self.wake_seconds.observe(seconds)

@@ -3,7 +3,10 @@
 One `ClientConnection` per accepted socket serves keep-alive requests in turn:
 absolute-form requests become Request streams, CONNECT becomes a Connect stream relaying raw
 bytes, and WebSocket upgrades are terminated here with wsproto and relayed message by message.
-Origin-form requests are for the agent itself (/healthz, /metrics). As each request or tunnel
+Origin-form requests are for the agent itself: /healthz, / (the status page, `status`),
+/metrics and /proxy.pac. The routing rules (`routing`) send each destination through the
+tunnel, to the direct link (`direct`), or nowhere (403). The SOCKS5 listener (`socks`) shares
+this module's connection accounting, stream opening and byte relay. As each request or tunnel
 ends, `metrics` counts it (and logs it when the access log is on).
 
 What a client sends is never echoed: a malformed request is logged and answered with the kind
@@ -22,12 +25,13 @@ import socket
 import struct
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import attrs
 import h11
 import trio
 
+from fluidity.httputil import ERROR_HEADER, REASON_HEADER, header_text, upstream_reason
 from fluidity.protocol import (
     DEFAULT_MAX_DATA_SIZE,
     FRAME_ENVELOPE,
@@ -40,6 +44,7 @@ from fluidity.protocol import (
     WebSocketOpen,
     encode_bytes,
 )
+from fluidity.startup import host_port
 from fluidity.tunnel import (
     FrameTooLarge,
     Link,
@@ -51,10 +56,14 @@ from fluidity.tunnel import (
 )
 
 from . import headers as hdr
+from . import pac
 from .burst import BurstLog
+from .direct import DirectLink
 from .headers import BadRequest
 from .metrics import AgentMetrics
+from .routing import Action, Routes
 from .settings import is_loopback
+from .status import page as status_page
 from .tunnel_client import TunnelClient, TunnelUnavailable
 from .websocket import relay_websocket, websocket_accept_headers
 
@@ -97,8 +106,15 @@ class ProxySettings:
     half_closed_timeout: float = 60.0
     #: Most client connections at once (max_client_connections, or less if fds are short).
     max_connections: int = 512
-    #: Host names /healthz and /metrics answer to besides loopback ones (lower case, no port).
+    #: Host names /healthz, /metrics and /proxy.pac answer to besides loopback ones (lower
+    #: case, no port).
     healthz_hosts: frozenset[str] = frozenset()
+    #: Where each destination goes (routes, default_route).
+    routes: Routes = attrs.field(factory=Routes)
+
+
+class Blocked(Exception):
+    """The routing rules refuse the destination; the message names the rule (safe to show)."""
 
 
 class _ClientGone(Exception):
@@ -108,10 +124,12 @@ class _ClientGone(Exception):
 class _Refused(Exception):
     """The request cannot be forwarded; the client gets `status` with `reason` and a close."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, token: bytes = b"head-too-large") -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        #: Its X-Fluidity-Reason.
+        self.token = token
 
 
 #: What h11's complaints are about, by how their message starts. The rest of a message may
@@ -148,6 +166,20 @@ def describe_h11_error(exc: h11.ProtocolError) -> str:
     return "malformed request"
 
 
+class Served(Protocol):
+    """A client connection the proxy counts against max_client_connections (HTTP or SOCKS)."""
+
+    client: trio.abc.HalfCloseableStream
+    #: Cancelled to close the connection while it waits for its next request.
+    idle_scope: trio.CancelScope
+    #: Close with a TCP reset: a transfer was cut short.
+    abort: bool
+    #: Why the connection is only refused (over max_client_connections), or None.
+    refusal: str | None
+
+    async def serve(self) -> None: ...
+
+
 class Proxy:
     """Serves local client connections; shared by all of them."""
 
@@ -156,15 +188,18 @@ class Proxy:
         tunnel: TunnelClient,
         settings: ProxySettings,
         health: Callable[[], tuple[int, dict[str, Any]]],
+        direct: DirectLink | None = None,
         metrics: AgentMetrics | None = None,
     ) -> None:
         self.tunnel = tunnel
         self.settings = settings
         self.health = health
+        #: The link for direct routes (None: no rule sends traffic direct).
+        self.direct = direct
         self.metrics = metrics if metrics is not None else tunnel.metrics
-        self.connections: set[ClientConnection] = set()
+        self.connections: set[Served] = set()
         #: Connections waiting for their next request, oldest first (a dict keeps order).
-        self.idle_connections: dict[ClientConnection, None] = {}
+        self.idle_connections: dict[Served, None] = {}
         self.active_requests = 0
         self.shutting_down = False
         self._idle = trio.Event()
@@ -173,8 +208,13 @@ class Proxy:
         self.over_capacity = BurstLog(log, logging.WARNING)
 
     async def handle(self, client: trio.abc.HalfCloseableStream) -> None:
-        """Entry point for trio.serve_listeners."""
-        connection = ClientConnection(self, client)
+        """Entry point for the HTTP listener."""
+        await self.serve_connection(ClientConnection(self, client))
+
+    async def serve_connection(self, connection: Served) -> None:
+        """Serve one accepted connection within max_client_connections, then close it (with
+        a reset if its transfer was cut short)."""
+        client = connection.client
         if len(self.connections) >= self.settings.max_connections and not self.close_oldest_idle():
             connection.refusal = (
                 f"the agent already serves {len(self.connections)} client connections "
@@ -182,7 +222,7 @@ class Proxy:
                 "clients, or raise max_client_connections"
             )
             self.over_capacity.record(
-                "client connections at max_client_connections (%d), none idle: answering 503",
+                "client connections at max_client_connections (%d), none idle: refusing new ones",
                 self.settings.max_connections,
             )
         self.connections.add(connection)
@@ -242,6 +282,32 @@ class Proxy:
         name = hdr.host_name(hosts[0])
         return name is not None and (is_loopback(name) or name in self.settings.healthz_hosts)
 
+    async def open_stream(self, head: Opening, route: Action) -> TunnelStream:
+        """A stream for `head` on the route's link: the tunnel's, or the direct one.
+
+        Raises TunnelUnavailable (no link in time), StreamLimit and FrameTooLarge.
+        """
+        if route is Action.DIRECT:
+            assert self.direct is not None, "the agent runs a direct link when a rule needs it"
+            link = await self.direct.wait_link()
+        else:
+            link = await self.link()
+        try:
+            return await link.open_stream(head)
+        except LinkClosed as exc:
+            where = "the direct link" if route is Action.DIRECT else "tunnel to the server"
+            raise TunnelUnavailable(f"{where} is unavailable ({exc})") from exc
+
+    def route(self, host: str, kind: str, client: trio.abc.Stream) -> Action:
+        """Where traffic to `host` goes; raises `Blocked` when a block rule (or the default)
+        refuses it. `kind` ("CONNECT") and `client` are only for the log line of a block."""
+        decision = self.settings.routes.decide(host)
+        if decision.action is Action.BLOCK:
+            log.debug("blocked %s to %s from %s: %s", kind, host, peer_of(client),
+                      decision.describe())  # fmt: skip
+            raise Blocked(f"{host} is blocked by the agent's {decision.describe()}")
+        return decision.action
+
     async def link(self) -> Link:
         """The tunnel link, waiting (bounded) while it is down."""
         link = self.tunnel.link
@@ -249,11 +315,21 @@ class Proxy:
             return link  # the usual case: no timeout scope needed
         with trio.move_on_after(self.settings.request_wait_timeout):
             return await self.tunnel.wait_link()
-        reason = self.tunnel.last_error or "still connecting"
+        failure = self.tunnel.failure
+        reason = str(failure) if failure else self.tunnel.last_error or "still connecting"
         raise TunnelUnavailable(
             f"tunnel to the server is unavailable after {self.settings.request_wait_timeout:g} s "
             f"({reason})"
         )
+
+
+def peer_of(client: trio.abc.Stream) -> str:
+    """A client's address, for logs."""
+    if isinstance(client, trio.SocketStream):
+        with contextlib.suppress(OSError):
+            host, port, *_ = client.socket.getpeername()
+            return f"{host}:{port}"
+    return "client"
 
 
 def _expected_auth(proxy_auth: str | None) -> bytes | None:
@@ -323,14 +399,12 @@ class ClientConnection:
         self.status: int | None = None
         self.stream: TunnelStream | None = None
         self.cut = False
+        #: The request being answered is a HEAD: our own answers then carry no body.
+        self.head_request = False
 
     def peer(self) -> str:
         """The client's address, for logs."""
-        if isinstance(self.client, trio.SocketStream):
-            with contextlib.suppress(OSError):
-                host, port, *_ = self.client.socket.getpeername()
-                return f"{host}:{port}"
-        return "client"
+        return peer_of(self.client)
 
     # -- h11 plumbing ---------------------------------------------------------------------
 
@@ -376,11 +450,16 @@ class ClientConnection:
         status: int,
         text: str,
         *,
+        reason: bytes,
         extra: list[tuple[bytes, bytes]] | None = None,
         content_type: bytes = b"text/plain; charset=utf-8",
         close: bool = False,
     ) -> None:
-        """A complete small response, if a response can still be sent."""
+        """A complete small response of our own, if a response can still be sent.
+
+        `reason` is its token in X-Fluidity-Reason; a failure also carries `text` in
+        X-Fluidity-Error, for clients that show no body (curl after a failed CONNECT).
+        """
         if self.h11.our_state not in {h11.IDLE, h11.SEND_RESPONSE}:
             raise _ClientGone("response already started; aborting the connection")
         body = text.encode() if text.endswith("\n") else (text + "\n").encode()
@@ -388,13 +467,17 @@ class ClientConnection:
             (b"content-type", content_type),
             (b"content-length", str(len(body)).encode()),
             (b"via", hdr.VIA),
+            (REASON_HEADER, reason),
             *(extra or []),
         ]
+        if status >= 400:
+            headers.append((ERROR_HEADER, header_text(text)))
         if close or status >= 500 or self.proxy.shutting_down:
             headers.append((b"connection", b"close"))
         self.status = status
         await self._send(h11.Response(status_code=status, headers=headers, reason=_phrase(status)))
-        await self._send(h11.Data(data=body))
+        if not self.head_request:  # h11 frames a HEAD answer without a body
+            await self._send(h11.Data(data=body))
         await self._send(h11.EndOfMessage())
 
     # -- the request loop -----------------------------------------------------------------
@@ -419,7 +502,11 @@ class ClientConnection:
                 return
             if self.refusal is not None:
                 await self._send_simple(
-                    503, self.refusal, extra=[(b"retry-after", b"1")], close=True
+                    503,
+                    self.refusal,
+                    reason=b"too-many-connections",
+                    extra=[(b"retry-after", b"1")],
+                    close=True,
                 )
                 return
             self.proxy._request_started()
@@ -454,12 +541,14 @@ class ClientConnection:
 
     async def _malformed(self, exc: h11.RemoteProtocolError) -> None:
         """Answer a request h11 refused: its kind and size, never its bytes."""
+        token = b"malformed-request"
         if exc.error_status_hint == 431:  # h11's max_incomplete_event_size, nothing else
             # Over MAX_HEAD_SIZE and no end of the head in sight: it could never be sent on.
             status, kind = 431, "request head too large"
             if b"\n" not in self.h11.trailing_data[0]:
                 status, kind = 414, "request line too long"
             what = "request line" if status == 414 else "request head"
+            token = b"head-too-large"
             reason = (
                 f"{_phrase(status).decode()}: the {what} is over {MAX_HEAD_SIZE} bytes, "
                 "more than the tunnel carries"
@@ -471,7 +560,7 @@ class ClientConnection:
                  self.peer(), kind, self.received)  # fmt: skip
         if self.h11.our_state in {h11.IDLE, h11.SEND_RESPONSE}:
             with contextlib.suppress(_ClientGone, h11.LocalProtocolError):
-                await self._send_simple(status, reason, close=True)
+                await self._send_simple(status, reason, reason=token, close=True)
         elif self.h11.our_state is h11.SEND_BODY:
             self.abort = True  # a response cut short must not look complete
 
@@ -532,13 +621,14 @@ class ClientConnection:
 
     async def _handle(self, request: h11.Request) -> bool:
         """Serve one request; True if the connection may be kept alive."""
+        self.head_request = request.method == b"HEAD"
         headers = list(request.headers)  # once: h11's Headers iterate slowly, by index
         if request.method == b"CONNECT":
             self.kind = "connect"
         else:
             self.kind = None if request.target.startswith(b"/") else "http"
         expected = self.proxy._auth
-        if expected is not None:
+        if expected is not None and not _is_pac_request(request):
             problem = _auth_problem(hdr.get(headers, b"proxy-authorization"), expected)
             if problem is not None:
                 return await self._auth_required(problem)
@@ -557,19 +647,25 @@ class ClientConnection:
             await self._forward(request, headers)
             return True
         except BadRequest as exc:
-            await self._send_simple(400, f"Bad request: {exc}")
+            await self._send_simple(400, f"Bad request: {exc}", reason=b"bad-request")
             return False
         except _Refused as exc:
-            await self._send_simple(exc.status, exc.reason, close=True)
+            await self._send_simple(exc.status, exc.reason, reason=exc.token, close=True)
+            return False
+        except Blocked as exc:
+            await self._send_simple(403, f"Forbidden: {exc}", reason=b"route-blocked", close=True)
             return False
         except TunnelUnavailable as exc:
-            await self._send_simple(502, str(exc))
+            await self._send_simple(502, str(exc), reason=b"tunnel-unavailable")
             return False
         except StreamLimit as exc:
             # The tunnel works but carries as many streams as the server allows: busy, not
             # broken; the client may try again shortly.
             await self._send_simple(
-                503, f"the tunnel is busy: {exc}", extra=[(b"retry-after", b"1")]
+                503,
+                f"the tunnel is busy: {exc}",
+                reason=b"tunnel-busy",
+                extra=[(b"retry-after", b"1")],
             )
             return False
 
@@ -589,6 +685,7 @@ class ClientConnection:
         await self._send_simple(
             407,
             text,
+            reason=b"proxy-auth-required",
             extra=[(b"proxy-authenticate", b'Basic realm="fluidity"')],
             close=last,
         )
@@ -598,42 +695,78 @@ class ClientConnection:
 
     async def _local(self, request: h11.Request, headers: hdr.HeaderList) -> None:
         path = request.target.split(b"?", 1)[0]
-        if path in {b"/healthz", b"/metrics"} and request.method in {b"GET", b"HEAD"}:
-            if not self.proxy.healthz_allowed(hdr.get(headers, b"host")):
+        hosts = hdr.get(headers, b"host")
+        allowed = self.proxy.healthz_allowed(hosts)
+        if request.method in {b"GET", b"HEAD"} and (
+            path in _LOCAL_PATHS or (path == b"/" and allowed)  # else "this is a proxy"
+        ):
+            if not allowed:
                 await self._send_simple(
                     421,
                     f"{path.decode()} answers only to a loopback Host (127.0.0.1, [::1], "
                     "localhost, with or without a port) or one listed in healthz_hosts: a page "
                     "that got its own name to resolve to this address must not read it (DNS "
                     "rebinding)",
+                    reason=b"misdirected-host",
                 )
                 return
             if path == b"/metrics":
                 accept = b", ".join(hdr.get(headers, b"accept")).decode("latin-1")
                 text, content_type = self.proxy.metrics.render(accept)
-                await self._send_simple(200, text.decode(), content_type=content_type.encode())
+                await self._send_simple(
+                    200, text.decode(), reason=b"metrics", content_type=content_type.encode()
+                )
+                return
+            if path == _PAC_PATH:
+                # The proxy the browser is to use is the address it fetched this file from.
+                name = hdr.host_name(hosts[0])
+                assert name is not None  # healthz_allowed checked it
+                proxy = pac.proxy_address(name, hdr.host_port(hosts[0]))
+                await self._send_simple(
+                    200, pac.pac_file(self.proxy.settings.routes, proxy),
+                    reason=b"pac-file", content_type=pac.CONTENT_TYPE,
+                )  # fmt: skip
                 return
             status, body = self.proxy.health()
+            if path == b"/":  # a browser visiting the agent's address: the status page
+                await self._send_simple(
+                    200,
+                    status_page(body, f"http://{self._own_address()}"),
+                    reason=b"status-page",
+                    content_type=b"text/html; charset=utf-8",
+                )
+                return
             await self._send_simple(
-                status, json.dumps(body, indent=2), content_type=b"application/json"
+                status,
+                json.dumps(body, indent=2),
+                reason=b"healthz",
+                content_type=b"application/json",
             )
             return
+        proxy = f"http://{self._own_address()}"
         await self._send_simple(
             400,
             "This is Fluidity's HTTP proxy, not a web server. Configure it as your HTTP and "
-            "HTTPS proxy (for example `curl -x http://127.0.0.1:8080 https://example.com`); "
-            "GET /healthz shows the tunnel's state, GET /metrics its Prometheus metrics.",
+            f"HTTPS proxy (for example `curl -x {proxy} https://example.com`); {proxy}/ in a "
+            f"browser or {proxy}/healthz shows the tunnel's state; {proxy}/proxy.pac is a proxy "
+            f"auto-config file for browsers; {proxy}/metrics has Prometheus metrics.",
+            reason=b"not-a-proxy-request",
         )
+
+    def _own_address(self) -> str:
+        """The address this client reached the agent at (host:port), for examples."""
+        if isinstance(self.client, trio.SocketStream):
+            with contextlib.suppress(OSError):
+                host, port, *_ = self.client.socket.getsockname()
+                return host_port(host, port)
+        return "127.0.0.1:8080"
 
     # -- plain HTTP -----------------------------------------------------------------------
 
-    async def _open(self, head: Opening) -> TunnelStream:
-        link = await self.proxy.link()
+    async def _open(self, head: Opening, route: Action) -> TunnelStream:
         try:
-            self.stream = await link.open_stream(head)
+            self.stream = await self.proxy.open_stream(head, route)
             return self.stream
-        except LinkClosed as exc:
-            raise TunnelUnavailable(f"tunnel to the server is unavailable ({exc})") from exc
         except FrameTooLarge as exc:
             refused = _too_large(head, exc)
             log.info("refused a request from %s: %s", self.peer(), refused.reason)
@@ -641,6 +774,7 @@ class ClientConnection:
 
     async def _forward(self, request: h11.Request, headers: hdr.HeaderList) -> None:
         target = hdr.parse_target(request.target)
+        route = self.proxy.route(target.host, "request", self.client)
         body = hdr.has_body(headers)
         head = Request(
             0,
@@ -649,7 +783,7 @@ class ClientConnection:
             tuple(hdr.request_headers(headers, target)),
             end_stream=not body,
         )
-        stream = await self._open(head)
+        stream = await self._open(head, route)
         log.debug("%s %s://%s", request.method.decode(), target.scheme, target.authority.decode())
         async with stream:
             try:
@@ -673,7 +807,7 @@ class ClientConnection:
             self._encode(
                 h11.Response(
                     status_code=reply.status,
-                    reason=reply.reason,
+                    reason=reply.reason or _phrase(reply.status),
                     headers=hdr.response_headers(reply.headers),
                 )
             )
@@ -722,13 +856,13 @@ class ClientConnection:
         """A stream broke: 502 if nothing was answered yet, else reset the client connection
         (a response cut short must not look complete, even one delimited by the close)."""
         if isinstance(exc, StreamReset) and exc.code == ErrorCode.UPSTREAM_ERROR:
-            reason = f"the origin failed: {exc.message}"
+            reason, token = f"the origin failed: {exc.message}", b"origin-failed"
         else:
-            reason = f"the tunnel failed: {exc}"
+            reason, token = f"the tunnel failed: {exc}", b"tunnel-failed"
         log.warning("request failed: %s", reason)
         if self.h11.our_state not in {h11.IDLE, h11.SEND_RESPONSE}:
             self.abort = True
-        await self._send_simple(502, reason)
+        await self._send_simple(502, reason, reason=token)
 
     async def _accepted(self, stream: TunnelStream, kind: type[Ack]) -> Ack | None:
         """The server's acceptance of a CONNECT or WebSocket stream; None once the client
@@ -742,14 +876,19 @@ class ClientConnection:
         if ack.success:
             return ack
         status = ack.status if 400 <= ack.status < 600 else 502
-        await self._send_simple(status, ack.error or f"the server refused ({ack.status})")
+        await self._send_simple(
+            status,
+            ack.error or f"the server refused ({ack.status})",
+            reason=upstream_reason(status),
+        )
         return None
 
     # -- CONNECT ----------------------------------------------------------------------------
 
     async def _connect(self, request: h11.Request) -> None:
         host, port = hdr.parse_authority(request.target)
-        stream = await self._open(Connect(0, host, port))
+        route = self.proxy.route(host, "CONNECT", self.client)
+        stream = await self._open(Connect(0, host, port), route)
         log.debug("CONNECT %s:%d", host, port)
         async with stream:
             ack = await self._accepted(stream, ConnectAck)
@@ -760,58 +899,8 @@ class ClientConnection:
                 h11.Response(status_code=200, headers=[], reason=b"Connection Established")
             )
             trailing, _ = self.h11.trailing_data
-            quiet = None
-            try:
-                if trailing:
-                    await stream.send_all(trailing)
-                quiet = await self._relay_bytes(stream)
-            except* (LinkClosed, StreamReset) as group:  # the relay's nursery wraps them
-                # The client must see a failure, not the clean end of a shorter stream.
+            if await carry_tunnel(self.client, stream, trailing, self.proxy.settings):
                 self.abort = self.cut = True
-                log.info("tunnel to %s:%d failed: %s", host, port, group.exceptions[0])
-            if quiet is not None:
-                stream.reset(ErrorCode.CANCEL, f"tunnel closed by the agent: {quiet}")
-                log.info("tunnel to %s:%d closed: %s", host, port, quiet)
-
-    async def _relay_bytes(self, stream: TunnelStream) -> str | None:
-        """Relay until both sides have ended; returns why, if a timeout ended it instead."""
-        client = self.client
-        settings = self.proxy.settings
-        client_done = False
-
-        async def client_to_tunnel() -> None:
-            nonlocal client_done
-            while True:
-                try:
-                    data = await client.receive_some(READ_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    stream.reset(ErrorCode.CANCEL, "client connection lost")
-                    raise
-                if not data:
-                    client_done = True
-                    quiet.ended_one_way()
-                    await stream.send_eof()
-                    return
-                quiet.moved()
-                await stream.send_all(data)
-
-        async def tunnel_to_client() -> None:
-            while data := await stream.receive_some():
-                quiet.moved()
-                await client.send_all(data)
-            quiet.ended_one_way()
-            if not client_done:  # else the close that follows says it all
-                await client.send_eof()
-
-        with trio.CancelScope() as scope:
-            quiet = _Quiet(scope, settings.tunnel_idle_timeout, settings.half_closed_timeout)
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(client_to_tunnel)
-                    await tunnel_to_client()
-            except* (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-        return quiet.reason() if scope.cancelled_caught else None
 
     # -- WebSocket ----------------------------------------------------------------------------
 
@@ -826,7 +915,8 @@ class ClientConnection:
             tuple(hdr.websocket_headers(headers, target)),
             hdr.subprotocols(headers),
         )
-        stream = await self._open(head)
+        route = self.proxy.route(target.host, "WebSocket", self.client)
+        stream = await self._open(head, route)
         log.debug("WebSocket %s://%s", target.scheme, target.authority.decode())
         async with stream:
             ws_ack = await self._accepted(stream, WebSocketAck)
@@ -847,6 +937,82 @@ class ClientConnection:
             except* (TunnelError, trio.BrokenResourceError, trio.ClosedResourceError) as group:
                 self.cut = True
                 log.info("WebSocket relay ended: %s", group.exceptions[0])
+
+
+async def carry_tunnel(
+    client: trio.abc.HalfCloseableStream,
+    stream: TunnelStream,
+    trailing: bytes,
+    settings: ProxySettings,
+) -> bool:
+    """Carry an accepted Connect stream (HTTP CONNECT or SOCKS) until it ends; True if the
+    tunnel failed mid-way, so that the client connection is closed with a reset."""
+    head = stream.head
+    assert isinstance(head, Connect)
+    quiet = None
+    failed = False
+    try:
+        if trailing:
+            await stream.send_all(trailing)
+        quiet = await relay_bytes(client, stream, settings)
+    except* (LinkClosed, StreamReset) as group:  # the relay's nursery wraps them
+        # The client must see a failure, not the clean end of a shorter stream.
+        log.info("tunnel to %s:%d failed: %s", head.host, head.port, group.exceptions[0])
+        failed = True
+    if quiet is not None:
+        stream.reset(ErrorCode.CANCEL, f"tunnel closed by the agent: {quiet}")
+        log.info("tunnel to %s:%d closed: %s", head.host, head.port, quiet)
+    return failed
+
+
+async def relay_bytes(
+    client: trio.abc.HalfCloseableStream, stream: TunnelStream, settings: ProxySettings
+) -> str | None:
+    """Relay until both sides have ended; returns why, if a timeout ended it instead."""
+    client_done = False
+
+    async def client_to_tunnel() -> None:
+        nonlocal client_done
+        while True:
+            try:
+                data = await client.receive_some(READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                stream.reset(ErrorCode.CANCEL, "client connection lost")
+                raise
+            if not data:
+                client_done = True
+                quiet.ended_one_way()
+                await stream.send_eof()
+                return
+            quiet.moved()
+            await stream.send_all(data)
+
+    async def tunnel_to_client() -> None:
+        while data := await stream.receive_some():
+            quiet.moved()
+            await client.send_all(data)
+        quiet.ended_one_way()
+        if not client_done:  # else the close that follows says it all
+            await client.send_eof()
+
+    with trio.CancelScope() as scope:
+        quiet = _Quiet(scope, settings.tunnel_idle_timeout, settings.half_closed_timeout)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client_to_tunnel)
+                await tunnel_to_client()
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+    return quiet.reason() if scope.cancelled_caught else None
+
+
+_PAC_PATH = b"/proxy.pac"
+_LOCAL_PATHS = frozenset({b"/healthz", b"/metrics", _PAC_PATH})
+
+
+def _is_pac_request(request: h11.Request) -> bool:
+    """A browser fetches a PAC file as a plain GET, without proxy credentials."""
+    return request.method in {b"GET", b"HEAD"} and request.target.split(b"?", 1)[0] == _PAC_PATH
 
 
 def _too_large(head: Opening, exc: FrameTooLarge) -> _Refused:

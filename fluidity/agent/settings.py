@@ -37,6 +37,8 @@ from fluidity.settings import (
     window,
 )
 
+from .routing import ACTIONS, check_routes
+
 __all__ = ["AgentConfig", "is_loopback"]
 
 
@@ -81,6 +83,14 @@ class AgentConfig:
     )
     listen_port: int = setting(
         8080, "Port of the local HTTP proxy (0 picks a free port).", check=port
+    )
+    socks_port: int | None = setting(
+        None,
+        "Port of the local SOCKS5 proxy on listen_host (CONNECT, names resolved by the "
+        "server; proxy_auth's user and password when set), e.g. 1080 as for `ssh -D`. "
+        "Unset: no SOCKS listener; 0 picks a free port.",
+        check=port,
+        metavar="PORT",
     )
     server_host: str = setting(
         "127.0.0.1",
@@ -148,17 +158,35 @@ class AgentConfig:
     )
     healthz_hosts: tuple[str, ...] = setting(
         (),
-        "Host header values `GET /healthz` answers to besides loopback ones (`127.0.0.1`, "
-        "`::1`, `localhost`); others get 421, against DNS rebinding.",
+        "Host header values `GET /healthz` and `GET /proxy.pac` answer to besides loopback "
+        "ones (`127.0.0.1`, `::1`, `localhost`); others get 421, against DNS rebinding.",
         check=_hosts,
         metavar="HOST",
     )
+    routes: tuple[str, ...] = setting(
+        (),
+        "Routing rules, in order, each `ACTION PATTERN...`: ACTION is `direct` (the agent "
+        "connects itself; the server is neither used nor woken), `tunnel` or `block` (403 "
+        "naming the rule); a PATTERN is an exact host (`intranet.example`), a domain and "
+        "every name under it (`.corp.example`), or an IP address or CIDR block (`10.0.0.0/8`, "
+        "matched against addresses only; names are not resolved). The first rule that "
+        "matches decides; `GET /proxy.pac` serves them to browsers. See docs/routing.md.",
+        check=check_routes,
+        metavar="RULE",
+    )
+    default_route: str = setting(
+        "tunnel", "Where traffic that no rule of `routes` matches goes.", choices=ACTIONS
+    )
     connect_timeout: float = setting(
-        10.0, "Seconds allowed to connect to the server and do the TLS handshake.", check=positive
+        10.0,
+        "Seconds allowed to connect to the server and do the TLS handshake (and to connect "
+        "to a destination of a direct route).",
+        check=positive,
     )
     request_wait_timeout: float = setting(
         30.0,
-        "Seconds a proxied request waits for the tunnel to be up before it fails with 503.",
+        "Seconds a proxied request waits for the tunnel to be up before it fails with 502 "
+        "(with the control plane, at least `connection_timeout`: a cold start).",
         check=positive,
     )
     reconnect_min_delay: float = setting(
@@ -259,6 +287,13 @@ class AgentConfig:
                 f"api_key is required with api_url: set api_key ({names(self, 'api_key')}) to "
                 "the API key value (`fluidity deploy` writes it into the agent's config)",
                 key="api_key",
+            )
+        if self.socks_port is not None and self.socks_port == self.listen_port != 0:
+            raise ConfigError(
+                f"socks_port and listen_port are both {self.listen_port}: the SOCKS and HTTP "
+                f"proxies need a port each; set socks_port ({names(self, 'socks_port')}) to "
+                "another one, e.g. 1080",
+                key="socks_port",
             )
         after(self, "reconnect_min_delay", "reconnect_max_delay", equal_ok=True)
         after(self, "keepalive_interval", "keepalive_timeout")

@@ -50,8 +50,8 @@ class LocalAws:
             "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         }
 
-    def start(self) -> str:
-        """Start moto on a free loopback port; returns its endpoint URL."""
+    def start(self, port: int = 0) -> str:
+        """Start moto on loopback `port` (0: a free one); returns its endpoint URL."""
         from moto.moto_api import state_manager
         from moto.moto_api._internal.models import moto_api_backend
         from moto.server import ThreadedMotoServer
@@ -63,7 +63,7 @@ class LocalAws:
         # moto walks tasks from RUNNING to STOPPED as they are described; here only the
         # Fargate stand-in moves them, as the real processes start and stop.
         state_manager.set_transition("ecs::task", {"progression": "manual", "times": 10**12})
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         self._server.start()
         port = self._server._server.server_address[1]
         self.endpoint = f"http://127.0.0.1:{port}"

@@ -8,6 +8,7 @@ schedule time (sleep checks, idle threshold, grace period, metric interval) is a
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -50,6 +51,10 @@ class CloudSettings:
     burst: int | None = None
     #: Extra environment for the server processes (tests allow loopback egress with it).
     server_env: Mapping[str, str] = attrs.field(factory=dict)
+    #: Loopback ports of moto, the API and the server's TLS listener (0: free ones).
+    aws_port: int = 0
+    api_port: int = 0
+    server_port: int = 0
 
 
 @attrs.define
@@ -115,7 +120,7 @@ async def run_local_cloud(settings: CloudSettings, workdir: Path) -> AsyncIterat
         service=str(parameter_default(lambda_t, "ServiceName")),
     )
     saved_env = dict(os.environ)
-    endpoint = await trio.to_thread.run_sync(aws.start)
+    endpoint = await trio.to_thread.run_sync(aws.start, settings.aws_port)
     try:
         await trio.to_thread.run_sync(aws.provision)
         scale = settings.time_scale
@@ -146,7 +151,7 @@ async def run_local_cloud(settings: CloudSettings, workdir: Path) -> AsyncIterat
             burst=settings.burst or int(parameter_default(lambda_t, "ThrottleBurstLimit")),
             stage=str(parameter_default(lambda_t, "StageName")),
         )
-        server_port = _free_port()
+        server_port = settings.server_port or _free_port()
 
         def cert(name: str) -> str:
             return str(cert_dir / name)
@@ -172,7 +177,9 @@ async def run_local_cloud(settings: CloudSettings, workdir: Path) -> AsyncIterat
         )
         scheduler = SchedulerStandIn(schedules(lambda_t), handlers, time_scale=scale)
         async with trio.open_nursery() as nursery:
-            gateway_port = await nursery.start(gateway.serve)
+            gateway_port = await nursery.start(
+                functools.partial(gateway.serve, port=settings.api_port)
+            )
             await nursery.start(fargate.run)
             await nursery.start(scheduler.run)
             cloud = LocalCloud(

@@ -72,7 +72,9 @@ async def up(state_dir: Path, port: int, settings: CloudSettings) -> None:
             print(
                 f"\nFluidity is up (local cloud). Proxy: {proxy}\n"
                 f"  try:    curl -x {proxy} https://example.com\n"
-                f"  health: curl {proxy}/healthz\n"
+                f"  state:  {proxy}/ in a browser, or curl {proxy}/healthz\n"
+                "  no internet? restart with --egress-allow 127.0.0.1/32 and try a local origin\n"
+                f"          (python3 -m http.server 9000; curl -x {proxy} http://127.0.0.1:9000/)\n"
                 f"The server sleeps when idle and wakes on the next request. Ctrl-C stops all.\n",
                 flush=True,
             )
@@ -85,13 +87,17 @@ async def up(state_dir: Path, port: int, settings: CloudSettings) -> None:
     print("stopped", flush=True)
 
 
-def run(state_dir: Path, port: int, settings: CloudSettings) -> int:
+def run(state_dir: Path, port: int, settings: CloudSettings, *, log_level: str = "info") -> int:
+    """`fluidity local up`; at "info" only the lifecycle (wake, start, sleep, stop) is told:
+    the access lines of moto's server, and the Lambda handlers' lines for every status poll,
+    come at "debug"."""
     import logging
 
     from fluidity.logs import setup_logging
 
-    setup_logging("info", "text", stream=sys.stdout)
-    # The handlers log every status poll; the scheduler and the agent say what matters.
-    logging.getLogger("fluidity_lambda").addFilter(lambda record: record.levelno > logging.INFO)
+    setup_logging(log_level, "text", stream=sys.stdout)
+    if log_level != "debug":
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto: a line per AWS call
+        logging.getLogger("fluidity_lambda").addFilter(lambda record: record.levelno > logging.INFO)
     trio.run(up, state_dir, port, settings)
     return 0

@@ -12,6 +12,7 @@ import trio
 
 from fluidity.protocol import Role, Settings, WindowPolicy
 from fluidity.readyfile import write_ready_file
+from fluidity.startup import StartupError, expired, host_port, open_listeners, startup_error
 from fluidity.telemetry import failure_cause
 from fluidity.tls import server_ssl_context
 from fluidity.tunnel import Link, LinkClosed, LinkConfig, open_link
@@ -34,7 +35,7 @@ def _peer(stream: trio.SocketStream) -> str:
         host, port, *_ = stream.socket.getpeername()
     except OSError:
         return "unknown peer"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host_port(host, port)
 
 
 def _source(stream: trio.SocketStream) -> str:
@@ -157,6 +158,9 @@ async def serve(
     assert config.ca_cert is not None
     _install_resolver(config)
     context = server_ssl_context(config.server_cert, config.server_key, config.ca_cert)
+    fix = "issue new certificates (`fluidity certs init`, docs/certificates.md)"
+    if (problem := expired(config, "server_cert", fix)) is not None:
+        log.error("%s", problem)
     activity = ActivityTracker()
     prom = ServerMetrics(activity, access_log=config.access_log)
     # -- CloudWatch metrics (fluidity/server/metrics.py): check before listening ------------
@@ -204,13 +208,14 @@ async def serve(
             return (503 if server.draining else 200), body
 
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            # Before any task: a busy port is one line (StartupError), not a traceback.
+            tunnel_listeners = await open_listeners(
+                config, "listen_host", "listen_port", "the agents' TLS listener"
+            )
+            health_listeners = await open_listeners(
+                config, "health_host", "health_port", "the health endpoint"
+            )
             async with trio.open_nursery() as nursery:
-                tunnel_listeners = await trio.open_tcp_listeners(
-                    config.listen_port, host=config.listen_host
-                )
-                health_listeners = await trio.open_tcp_listeners(
-                    config.health_port, host=config.health_host
-                )
                 port = tunnel_listeners[0].socket.getsockname()[1]
                 health_port = health_listeners[0].socket.getsockname()[1]
 
@@ -230,8 +235,9 @@ async def serve(
                             )
 
                     nursery.start_soon(accept)
-                    log.info("tunnel listening on %s:%d (mTLS, TLS 1.3); health on %s:%d",
-                             config.listen_host, port, config.health_host, health_port)  # fmt: skip
+                    log.info("tunnel listening on %s (mTLS, TLS 1.3); health on %s",
+                             host_port(config.listen_host, port),
+                             host_port(config.health_host, health_port))  # fmt: skip
                     write_ready_file(
                         config.ready_file, {"listen_port": port, "health_port": health_port}
                     )
@@ -263,7 +269,12 @@ def run(config: ServerConfig) -> int:
     except MetricsSetupError as exc:  # metrics: enabled without credentials or region
         log.error("server failed to start: %s", exc)
         return 2
-    except OSError as exc:
+    except StartupError as exc:
         log.error("server failed to start: %s", exc)
+        return 1
+    except BaseExceptionGroup as group:
+        if (startup := startup_error(group)) is None:
+            raise
+        log.error("server failed to start: %s", startup)
         return 1
     return 0

@@ -180,9 +180,14 @@ _DEFAULT_REFUSAL = (
 
 def _denied(host: str, why: str | None, address: str | None = None) -> EgressDenied:
     where = host if address is None or address == host else f"{host} ({address})"
-    return EgressDenied(
-        f"destination {where} is not allowed by the egress policy ({why or _DEFAULT_REFUSAL})"
-    )
+    why = why or _DEFAULT_REFUSAL
+    ip = address or host
+    if why == _DEFAULT_REFUSAL:
+        block = f"{ip}/{32 if ':' not in ip else 128}"
+        fix = f"to reach it, add {block} to the server's egress_allow (FLUIDITY_EGRESS_ALLOW)"
+    else:
+        fix = "to reach it, remove it from the server's egress_deny (FLUIDITY_EGRESS_DENY)"
+    return EgressDenied(f"destination {where} is not allowed by the egress policy ({why}); {fix}")
 
 
 def _literal(host: str) -> IPAddress | None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +12,11 @@ import h11
 import trio
 
 HEAD_TIMEOUT = 5.0
+_NOT_HTTP_BODY = b"A Fluidity server health endpoint (GET /healthz), not its TLS port.\n"
+_NOT_HTTP = (
+    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: %d\r\nconnection: close\r\n\r\n" % len(_NOT_HTTP_BODY)
+) + _NOT_HTTP_BODY
 
 
 async def serve_health(
@@ -50,7 +56,12 @@ async def serve_health(
         data = b"".join(conn.send(e) or b"" for e in [*events, h11.EndOfMessage()])
         with trio.fail_after(HEAD_TIMEOUT):
             await stream.send_all(data)
-    except (h11.RemoteProtocolError, trio.TooSlowError, trio.BrokenResourceError):
+    except h11.RemoteProtocolError:
+        # Not HTTP: likely an agent whose server_port is this port. An answer in plain text
+        # (not silence) tells its TLS layer this is no TLS server, and the agent says so.
+        with trio.move_on_after(HEAD_TIMEOUT), contextlib.suppress(trio.BrokenResourceError):
+            await stream.send_all(_NOT_HTTP)
+    except (trio.TooSlowError, trio.BrokenResourceError):
         pass
     finally:
         with trio.CancelScope(shield=True):

@@ -5,22 +5,29 @@ no header of its own, decodes nothing, and reaches the network only through
 `egress.open_tcp`. The request target goes out as the agent wrote it. Bodies stream both
 ways under the tunnel's flow control; nothing holds a whole body.
 
-Failures before the response head become a short text/plain answer (400/403/502/504, reason
-in `X-Fluidity-Error`); after it the stream is reset with UPSTREAM_ERROR, as the head is gone.
-A response head too large for one tunnel frame is such a failure (502): the pool refuses one
-above MAX_HEAD while reading, and a head that fits the wire but not the frame is caught as
-FrameTooLarge, which sends nothing.
+Failures before the response head become a short text/plain answer (400/403/502/504, the why
+in `X-Fluidity-Error`, a token for scripts in `X-Fluidity-Reason`); after it the stream is
+reset with UPSTREAM_ERROR, as the head is gone. A response head too large for one tunnel frame
+is such a failure (502): the pool refuses one above MAX_HEAD while reading, and a head that
+fits the wire but not the frame is caught as FrameTooLarge, which sends nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from http import HTTPStatus
 from urllib.parse import quote_from_bytes
 
 import trio
 
-from fluidity.httputil import parse_absolute_url
+from fluidity.httputil import (
+    ERROR_HEADER,
+    REASON_HEADER,
+    header_text,
+    parse_absolute_url,
+    upstream_reason,
+)
 from fluidity.protocol import ErrorCode, Request, Response
 from fluidity.tunnel import FrameTooLarge, LinkClosed, StreamReset, TunnelStream
 
@@ -102,18 +109,16 @@ def _label(stream: TunnelStream, head: Request) -> str:
     return f"stream {stream.stream_id} {method} {where}"
 
 
-def _header_value(text: str) -> bytes:
-    return " ".join(text.split()).encode("ascii", "replace")[:512]
-
-
 async def _answer_error(stream: TunnelStream, error: UpstreamError) -> None:
     body = error.reason.encode("utf-8", "replace") + b"\n"
     headers = (
         (b"content-type", b"text/plain; charset=utf-8"),
         (b"content-length", str(len(body)).encode("ascii")),
-        (b"x-fluidity-error", _header_value(error.reason)),
+        (REASON_HEADER, upstream_reason(error.status)),
+        (ERROR_HEADER, header_text(error.reason)),
     )
-    await stream.send_reply(Response(stream.stream_id, error.status, b"", headers))
+    phrase = HTTPStatus(error.status).phrase.encode()
+    await stream.send_reply(Response(stream.stream_id, error.status, phrase, headers))
     await stream.send_all(body)
     await stream.send_eof()
 

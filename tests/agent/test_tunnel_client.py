@@ -17,8 +17,8 @@ import pytest
 import trio
 import trio.testing
 
-from fluidity.agent.lifecycle import AuthError, ControlPlane, ControlPlaneError, Lifecycle
-from fluidity.agent.tunnel_client import TunnelClient
+from fluidity.agent.lifecycle import AuthError, Backoff, ControlPlane, ControlPlaneError, Lifecycle
+from fluidity.agent.tunnel_client import TunnelClient, TunnelUnavailable
 from fluidity.localcloud.apigateway import ApiGateway
 from fluidity.protocol import ConnectAck, Role
 from fluidity.tunnel import Link, LinkConfig, TunnelStream, open_link
@@ -182,3 +182,64 @@ async def test_server_that_never_starts_gives_up_after_connection_timeout() -> N
         with trio.fail_after(10), pytest.raises(ControlPlaneError, match="did not start within"):
             await tunnel.run()
     assert service.wakes >= 1
+
+
+# -- without the control plane: failures, and requests that cut the backoff short ----------
+
+
+def _contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    tls = mutual_tls(server_name=SERVER_NAME)
+    return tls.server, tls.agent
+
+
+async def test_a_waiting_request_cuts_a_long_backoff_short() -> None:
+    server_ctx, client_ctx = _contexts()
+    with trio.socket.socket() as placeholder:  # bound, not listening: connections are refused
+        await placeholder.bind(("127.0.0.1", 0))
+        port = placeholder.getsockname()[1]
+        tunnel = TunnelClient(
+            "127.0.0.1",
+            port,
+            ssl_context=client_ctx,
+            server_name="fluidity-server",
+            link_config=LinkConfig(),
+            backoff=Backoff(30.0, 30.0),  # the next attempt would come in 30 s
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(tunnel.run)
+            with trio.fail_after(10):
+                await tunnel.wait_state("down")
+            assert tunnel.failure is not None
+            assert tunnel.failure.cause == "refused"
+            assert not tunnel.failure.permanent
+            placeholder.close()
+            links = LinkServer(server_ctx)
+            await nursery.start(partial(trio.serve_tcp, links.handle, port, host="127.0.0.1"))
+            with trio.fail_after(5):  # well before the 30 s backoff ends
+                link = await tunnel.wait_link()
+            assert link.is_open
+            assert tunnel.failure is None
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_permanent_failure_fails_a_waiting_request_at_once() -> None:
+    server_ctx, _ = _contexts()
+    _, other_ctx = _contexts()  # trusts another CA
+    links = LinkServer(server_ctx)
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, links.handle, 0, host="127.0.0.1"))
+        tunnel = TunnelClient(
+            "127.0.0.1",
+            listeners[0].socket.getsockname()[1],
+            ssl_context=other_ctx,
+            server_name="fluidity-server",
+            link_config=LinkConfig(),
+            backoff=Backoff(30.0, 30.0),
+        )
+        await nursery.start(tunnel.run)
+        with trio.fail_after(5), pytest.raises(TunnelUnavailable, match=r"another CA.*ca_cert"):
+            await tunnel.wait_link()
+        assert tunnel.failure is not None
+        assert tunnel.failure.cause == "server_certificate_untrusted"
+        assert tunnel.failure.permanent
+        nursery.cancel_scope.cancel()

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from fluidity.agent.settings import AgentConfig, is_loopback
 from fluidity.server.settings import ServerConfig, StaticHosts
-from fluidity.settings import ConfigError, command, load_config, redacted
+from fluidity.settings import ConfigError, command, default_config_file, load_config, redacted
 
 WriteYaml = Callable[[object], str]
 
@@ -516,3 +516,47 @@ def test_boolean_and_list_flags() -> None:
     config = capture(Toy, ["--no-verbose", "--names", "a,b", "--names", "c"], {})
     assert config == Toy(verbose=False, names=("a", "b", "c"))
     assert capture(Toy, ["--verbose"]) == Toy(verbose=True)
+
+
+def test_relative_paths_in_a_config_file_are_relative_to_the_file(
+    cert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file, not the working directory: a process starts the same from anywhere."""
+    config = cert_dir.parent / "agent.yaml"
+    config.write_text(
+        "ca_cert: certs/ca.pem\nclient_cert: certs/client.pem\nclient_key: certs/client-key.pem\n"
+        "ready_file: ready.json\n"
+    )
+    monkeypatch.chdir(tmp_path)  # elsewhere: certs/ca.pem does not exist here
+    loaded = load_config(AgentConfig, path=str(config), env={})
+    assert loaded.ca_cert == str(cert_dir / "ca.pem")
+    assert loaded.ready_file == str(cert_dir.parent / "ready.json")
+    # A flag or variable is still relative to the working directory, as for any command.
+    flagged = load_config(AgentConfig, path=str(config), env={}, flags={"ready_file": "r.json"})
+    assert flagged.ready_file == "r.json"
+
+
+def test_without_config_the_default_file_is_read(
+    cert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert default_config_file(AgentConfig) == tmp_path / "fluidity" / "agent.yaml"
+    default = tmp_path / "fluidity" / "agent.yaml"
+    default.parent.mkdir()
+    default.write_text(f"listen_port: 9123\nca_cert: {cert_dir / 'ca.pem'}\n")
+    loaded = load_config(
+        AgentConfig,
+        env={},
+        flags={
+            "client_cert": str(cert_dir / "client.pem"),
+            "client_key": str(cert_dir / "client-key.pem"),
+        },
+    )
+    assert loaded.listen_port == 9123
+    # FLUIDITY_CONFIG (or --config) wins: the default is not read then.
+    other = tmp_path / "other.yaml"
+    other.write_text(f"ca_cert: {cert_dir / 'ca.pem'}\n")
+    env = {"FLUIDITY_CONFIG": str(other)}
+    flags = {"client_cert": str(cert_dir / "client.pem"),
+             "client_key": str(cert_dir / "client-key.pem")}  # fmt: skip
+    assert load_config(AgentConfig, env=env, flags=flags).listen_port == 8080

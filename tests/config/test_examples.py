@@ -22,24 +22,30 @@ EXAMPLES = [
 
 
 @pytest.fixture
-def in_project_with_certs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A working directory holding certs/ as `fluidity certs init --dir certs` makes it."""
+def checkout_with_certs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of configs/ beside certs/ as `fluidity certs init --dir certs` makes it, run
+    from elsewhere (paths in a file are relative to the file, not to the working directory)."""
+    (tmp_path / "configs").mkdir()
+    for _, example in EXAMPLES:
+        (tmp_path / "configs" / example.name).write_text(example.read_text())
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(fluidity, ["certs", "init", "--dir", "certs"])
     assert result.exit_code == 0, result.output
+    monkeypatch.chdir(tmp_path / "configs")
     return tmp_path
 
 
 @pytest.mark.parametrize(("cls", "path"), EXAMPLES, ids=["agent", "server"])
 def test_example_loads(
-    in_project_with_certs: Path, cls: type[attrs.AttrsInstance], path: Path
+    checkout_with_certs: Path, cls: type[attrs.AttrsInstance], path: Path
 ) -> None:
-    config = load_config(cls, path=str(path), env={}, flags={})
+    copy = checkout_with_certs / "configs" / path.name
+    config = load_config(cls, path=str(copy), env={}, flags={})
     # the examples show the defaults, apart from the certificate paths
     defaults = {f.name: f.default for f in attrs.fields(cls)}
     for name, value in attrs.asdict(config, recurse=False).items():
         if name.endswith(("_cert", "_key")) and name != "api_key":
-            assert str(value).startswith("certs/"), name
+            assert Path(value).parent == checkout_with_certs / "certs", name
         else:
             assert value == defaults[name], name
 
@@ -54,7 +60,7 @@ def test_examples_without_certs_fail_clearly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match=r"file 'certs/ca\.pem' does not exist"):
+    with pytest.raises(ConfigError, match=r"file '.*/certs/ca\.pem' does not exist"):
         load_config(AgentConfig, path=str(EXAMPLES[0][1]), env={}, flags={})
 
 

@@ -1,13 +1,17 @@
 """The server's life as a user sees it: wake, connect, traffic, idle sleep, wake on demand,
-the daily kill and the kill on exit, with the real agent, servers and Lambda handlers."""
+the daily kill and the kill on exit, with the real agent, servers and Lambda handlers; and
+traffic a routing rule sends direct, which never wakes the server."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import httpx2
 import pytest
 import trio
 
@@ -302,3 +306,88 @@ async def test_daily_kill_stops_a_busy_server_and_the_agent_recovers(
 async def _receive_until_closed(ws: ProxiedWebSocket) -> None:
     while True:
         await ws.receive()
+
+
+@pytest.mark.cloud(start_delay=3.0)
+async def test_the_wake_is_visible_in_healthz_the_status_page_and_fluidity_status(
+    cloud: LocalCloud, tmp_path: Path
+) -> None:
+    health: dict[str, Any] = {}
+
+    async def woken_and_polled() -> bool:
+        nonlocal health
+        health = await agent.health()
+        return bool(health.get("wake", {}).get("server_state"))
+
+    async with running_agent(cloud) as agent:
+        with trio.fail_after(30):
+            await until(woken_and_polled)  # the wake call answered: the state is known
+            async with httpx2.AsyncClient(trust_env=False) as http:  # to the agent itself
+                page = (await http.get(f"{agent.proxy}/")).text
+        assert health["tunnel"] == "waking"
+        assert health["wake"]["elapsed_seconds"] >= 0
+        assert health["wake"]["server_state"] in {"stopped", "starting"}
+        assert health["server_state"] == health["wake"]["server_state"]
+        assert "waking the server" in page
+        assert 'http-equiv="refresh"' in page, "the page reloads itself while the server wakes"
+        with trio.fail_after(30):
+            await agent.wait_tunnel("up")
+        config = tmp_path / "agent.yaml"
+        config.write_text(
+            json.dumps(
+                {
+                    "listen_port": agent.port,
+                    "api_url": cloud.gateway_url,
+                    "api_key": cloud.settings.api_key,
+                    "ca_cert": cloud.cert("ca.pem"),
+                    "client_cert": cloud.cert("client.pem"),
+                    "client_key": cloud.cert("client-key.pem"),
+                }
+            )
+        )
+        result = await trio.run_process(
+            [sys.executable, "-m", "fluidity", "status", "--config", str(config)],
+            capture_stdout=True,
+            check=False,
+        )
+        out = result.stdout.decode()
+        assert result.returncode == 0, out
+        assert "up: requests go through the tunnel" in out
+        assert "server (control plane): running at 127.0.0.1, task RUNNING" in out
+
+
+# -- routing: direct traffic never wakes the server ------------------------------------------
+
+
+# Time scale 300: the server sleeps a few seconds after the agent's first wake.
+@pytest.mark.cloud(time_scale=300)
+async def test_direct_traffic_does_not_wake_the_sleeping_server(cloud: LocalCloud) -> None:
+    async with (
+        http_origin() as origin,
+        running_agent(cloud, "--routes", "direct 127.0.0.0/8") as agent,
+    ):
+        with trio.fail_after(30):
+            await agent.wait_tunnel("up")
+            await wait_slept(cloud)
+            await agent.wait_tunnel("asleep")
+            await until(lambda: cloud.fargate.task is None)
+        # (Usually one wake; two if a Sleep check stopped the cold-starting server.)
+        wakes, starts = statuses(cloud, "POST", "/wake"), cloud.fargate.starts
+
+        async with proxy_client(agent) as http:
+            with trio.fail_after(30):
+                for i in range(3):
+                    response = await http.get(f"http://127.0.0.1:{origin.port}/echo?direct={i}")
+                    assert response.status_code == 200
+                    assert response.json()["target"] == f"/echo?direct={i}"
+            # Served by the agent itself: no wake call, no task, the tunnel still asleep.
+            assert (await agent.health())["tunnel"] == "asleep"
+            assert statuses(cloud, "POST", "/wake") == wakes
+            assert (cloud.fargate.starts, cloud.fargate.task) == (starts, None)
+
+            # The same origin by a name no rule matches goes through the tunnel: that wakes it.
+            with trio.fail_after(30):
+                response = await http.get(f"http://origin.test:{origin.port}/echo?tunnel=1")
+        assert response.status_code == 200
+        assert statuses(cloud, "POST", "/wake") == [*wakes, 200]
+        assert cloud.fargate.starts == starts + 1

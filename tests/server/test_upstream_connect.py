@@ -137,7 +137,8 @@ async def test_denied_destinations_are_403_acks(echo_origin: TCPOrigin) -> None:
     assert loopback.status == metadata.status == unspecified.status == 403
     assert metadata.error == (
         "destination metadata.test (169.254.169.254) is not allowed by the egress policy "
-        "(local, link-local and private addresses are refused unless egress_allow lists them)"
+        "(local, link-local and private addresses are refused unless egress_allow lists them); "
+        "to reach it, add 169.254.169.254/32 to the server's egress_allow (FLUIDITY_EGRESS_ALLOW)"
     )
     assert echo_origin.connections == 0
 

@@ -319,10 +319,12 @@ async def test_loopback_is_refused_by_default(origin: HTTPOrigin) -> None:
     with trio.fail_after(10):
         async with serving(EgressPolicy()) as env:
             result = await exchange(env.agent, "GET", origin.url("/echo"))
-    assert result.status == 403
+    assert (result.status, result.reason) == (403, b"Forbidden")
+    assert result.header("x-fluidity-reason") == "egress-denied"
     assert result.header("x-fluidity-error") == (
         "destination 127.0.0.1 is not allowed by the egress policy (local, link-local and "
-        "private addresses are refused unless egress_allow lists them)"
+        "private addresses are refused unless egress_allow lists them); to reach it, add "
+        "127.0.0.1/32 to the server's egress_allow (FLUIDITY_EGRESS_ALLOW)"
     )
     assert origin.connections == 0
 

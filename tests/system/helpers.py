@@ -45,3 +45,24 @@ async def open_connect(tunnel: Tunnel, authority: str) -> tuple[trio.SocketStrea
         assert chunk, f"proxy closed during the CONNECT answer: {head!r}"
         head += chunk
     return stream, head
+
+
+async def echo_round_trip(stream: trio.SocketStream, payload: bytes) -> bytes:
+    """Send `payload`, half-close, and read everything until the origin closes."""
+
+    async def send() -> None:
+        await stream.send_all(payload)
+        await stream.send_eof()
+
+    received = bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        while data := await stream.receive_some(65536):
+            received += data
+    return bytes(received)
+
+
+async def read_to_end(stream: trio.SocketStream) -> None:
+    """Read and drop until the peer closes (raises if the connection is reset)."""
+    while await stream.receive_some(65536):
+        pass

@@ -228,3 +228,38 @@ async def test_server_drains_an_open_download_on_sigterm(tunnel: Tunnel) -> None
     with trio.fail_after(15):
         assert await tunnel.server.wait() == 0
     assert "draining" in tunnel.server.log()
+
+
+async def test_our_own_answers_carry_a_reason_phrase_and_a_reason_header(tunnel: Tunnel) -> None:
+    # 10.255.255.1 is a private address the policy refuses before any connection is made.
+    code, _, err = await curl("-v", "-x", tunnel.proxy, "https://10.255.255.1/")
+    assert code != 0
+    assert "< HTTP/1.1 403 Forbidden" in err
+    assert "< x-fluidity-reason: egress-denied" in err
+    assert "10.255.255.1/32 to the server's egress_allow" in err, "the CONNECT failure says why"
+    async with client(tunnel) as http:
+        plain = await http.get("http://10.255.255.1/")
+    assert (plain.status_code, plain.reason_phrase) == (403, "Forbidden")
+    assert plain.headers["x-fluidity-reason"] == "egress-denied"
+    assert "egress_allow" in plain.text
+    origin_form = await raw_request(tunnel.agent.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert origin_form.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"x-fluidity-reason: not-a-proxy-request" in origin_form
+    assert f"curl -x http://127.0.0.1:{tunnel.agent.port} ".encode() in origin_form
+
+
+async def test_ctrl_c_is_a_normal_stop_not_a_warning(tunnel: Tunnel) -> None:
+    async with http_origin() as origin, client(tunnel) as http:
+        assert (await http.get(url(origin, "/echo"))).status_code == 200  # the link is up
+    tunnel.server.signal(signal.SIGINT)  # the server drains: GoAway to the agent
+    with trio.fail_after(15):
+        assert await tunnel.server.wait() == 0
+    tunnel.agent.signal(signal.SIGINT)
+    with trio.fail_after(15):
+        assert await tunnel.agent.wait() == 0
+    for process in (tunnel.server, tunnel.agent):
+        log = process.log()
+        assert "SIGINT received" in log
+        assert " WARNING " not in log, log
+        assert " ERROR " not in log, log
+    assert "tunnel closed: the peer is going away: server shutting down" in tunnel.agent.log()

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx2
 import trio
+from python_socks.async_.trio import Proxy as SocksProxy
 
 from tests.support.curl import curl
 from tests.support.origins import (
@@ -25,7 +26,7 @@ from tests.support.processes import Running, agent_args, run_fluidity, server_ar
 from tests.support.scrape import Samples, scrape
 from tests.support.wsclient import proxied_websocket
 
-from .helpers import SERVER_ENV, Tunnel, open_connect
+from .helpers import SERVER_ENV, Tunnel, echo_round_trip, open_connect
 
 POLL = 0.02
 AGENT = "fluidity_agent"
@@ -228,7 +229,7 @@ async def test_access_log_lines_say_what_happened_and_nothing_secret(
     pki: Pki, tmp_path: Path
 ) -> None:
     secrets = ("query-secret-4e1f", "bearer-secret-9a2c", "proxy-secret-77d0", "userinfo-secret")
-    agent_flags = ("--access-log", "--log-format", "json")
+    agent_flags = ("--access-log", "--log-format", "json", "--socks-port", "0")
     with trio.fail_after(60):
         async with (
             run_fluidity(
@@ -258,9 +259,17 @@ async def test_access_log_lines_say_what_happened_and_nothing_secret(
             tunnel = Tunnel(server, agent, tmp_path)
             assert await connect_echo(tunnel, echo.port, b"ping") == b"ping" + ECHO_TRAILER
             await logged((server, "kind=connect"), (agent, '"kind": "connect"'))
+            # A SOCKS tunnel: kind socks at the agent, a Connect stream at the server.
+            socks = SocksProxy.from_url(f"socks5://127.0.0.1:{agent.info['socks_port']}")
+            stream = trio.SocketStream(await socks.connect("origin.test", echo.port, timeout=20))
+            async with stream:
+                assert await echo_round_trip(stream, b"socks!") == b"socks!" + ECHO_TRAILER
+            await logged((agent, '"kind": "socks"'))
+            socks_line = _json_lines(agent.log(), "fluidity.agent.access")[-1]
+            await logged((server, f"stream={socks_line['stream']}"))
 
     agent_lines = _json_lines(agent.log(), "fluidity.agent.access")
-    get, refused, tunnelled = agent_lines
+    get, refused, tunnelled, socksed = agent_lines
     assert get["message"] == "request"
     assert {k: get[k] for k in ("kind", "method", "host", "status", "outcome")} == {
         "kind": "http",
@@ -286,9 +295,18 @@ async def test_access_log_lines_say_what_happened_and_nothing_secret(
     assert (tunnelled["upload_bytes"], tunnelled["download_bytes"]) == (4, 4 + len(ECHO_TRAILER))
     assert tunnelled["host"] == f"origin.test:{echo.port}"
 
+    assert (socksed["message"], socksed["kind"], socksed["method"]) == (
+        "tunnel",
+        "socks",
+        "CONNECT",
+    )
+    assert (socksed["status"], socksed["outcome"]) == (200, "ok")
+    assert (socksed["upload_bytes"], socksed["download_bytes"]) == (6, 6 + len(ECHO_TRAILER))
+    assert socksed["host"] == f"origin.test:{echo.port}"
+
     # The server's lines (text format) carry the same stream ids.
     server_lines = [line for line in server.log().splitlines() if "fluidity.server.access" in line]
-    assert len(server_lines) == 2, server_lines
+    assert len(server_lines) == 3, server_lines
     assert (
         f"request kind=http method=GET host=origin.test:{origin.port} status=404 outcome=4xx "
         f"upload_bytes=0 download_bytes={len(out)} "
@@ -299,6 +317,8 @@ async def test_access_log_lines_say_what_happened_and_nothing_secret(
         in (server_lines[1])
     )
     assert server_lines[1].endswith(f" stream={tunnelled['stream']}")
+    assert f"tunnel kind=connect method=CONNECT host=origin.test:{echo.port}" in server_lines[2]
+    assert server_lines[2].endswith(f" stream={socksed['stream']}")
     for secret in secrets:
         assert secret not in agent.log()
         assert secret not in server.log()

@@ -1,0 +1,5 @@
+"""``python -m fluidity``: the ``fluidity`` command."""
+
+from fluidity.cli import main
+
+main()
