@@ -32,7 +32,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: Refused unless `allow` names them: this host, link-local (cloud metadata included), and every
 #: private network the server might sit in or next to. A proxy on a VPC must not become a door
 #: into it: RFC 1918, carrier-grade NAT (RFC 6598, used inside some clouds), IPv6 unique local
-#: (RFC 4193, AWS's fd00:ec2::/32 metadata and DNS addresses too).
+#: (RFC 4193, AWS's fd00:ec2::/32 metadata and DNS addresses too). Also the ranges no public
+#: origin lives in (documentation, benchmarking, reserved, multicast): a request for one is a
+#: mistake or a probe, and a test that uses one to be refused must be refused before connecting.
 DEFAULT_DENY: tuple[IPNetwork, ...] = tuple(
     ipaddress.ip_network(cidr)
     for cidr in (
@@ -47,6 +49,14 @@ DEFAULT_DENY: tuple[IPNetwork, ...] = tuple(
         "192.168.0.0/16",
         "100.64.0.0/10",
         "fc00::/7",
+        "192.0.2.0/24",  # TEST-NET-1..3 (RFC 5737)
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "2001:db8::/32",  # IPv6 documentation (RFC 3849)
+        "198.18.0.0/15",  # benchmarking (RFC 2544)
+        "240.0.0.0/4",  # reserved, and the broadcast address
+        "224.0.0.0/4",  # multicast
+        "ff00::/8",
     )
 )
 

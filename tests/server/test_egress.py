@@ -66,6 +66,15 @@ PRIVATE = [
     "64:ff9b:1:a00:0:100::",  # local-use prefix, /48 layout: 10.0.0.1
     "64:ff9b:1:ffff:a:0:100::",  # /64 layout: 10.0.0.1
     "64:ff9b:1:1:ff00:0:808:808",  # the "u" octet set: no valid layout, so no telling
+    "192.0.2.1",  # documentation (RFC 5737): no origin lives there
+    "198.51.100.7",
+    "203.0.113.9",
+    "2001:db8::1",
+    "198.18.0.1",  # benchmarking
+    "240.0.0.1",  # reserved
+    "255.255.255.255",
+    "224.0.0.1",  # multicast
+    "ff02::1",
 ]
 
 
