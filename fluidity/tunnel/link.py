@@ -142,7 +142,9 @@ class Link:
         #: Each stream's last Data frame while it is still in `_queue`.
         self._last_data: dict[TunnelStream, QueuedFrame] = {}
         #: Streams whose sender waits for room in the link's share of the queue.
-        self._room_waiters: set[TunnelStream] = set()
+        #: In arrival order (a dict as an ordered set): woken a queue share at a time, so a
+        #: thousand waiting streams are not all woken to find the room taken again.
+        self._room_waiters: dict[TunnelStream, None] = {}
         #: Control frames (protocol replies, Resets, pings, GoAway), sent before `_queue`.
         self._urgent: list[bytes] = []
         self._urgent_bytes = 0
@@ -311,7 +313,7 @@ class Link:
         room = self.config.stream_send_buffer - stream.queued
         link_room = self.config.link_send_buffer - self._queued
         if link_room <= 0:
-            self._room_waiters.add(stream)  # the writer wakes it when the queue drains
+            self._room_waiters[stream] = None  # the writer wakes it when the queue drains
             return 0
         return min(room, link_room)
 
@@ -339,7 +341,7 @@ class Link:
             self._queued -= stream.queued
         stream.queued = 0
         self._last_data.pop(stream, None)
-        self._room_waiters.discard(stream)
+        self._room_waiters.pop(stream, None)
 
     def _acknowledge(self, stream_id: int, size: int) -> None:
         if not self._closing.is_set():
@@ -524,6 +526,9 @@ class Link:
                 if self._closing.is_set():
                     self._flushed.set()
                     return
+                if self._room_waiters:  # the queue is empty: room for every waiter
+                    self._wake_room_waiters(len(self._room_waiters))
+                    continue
                 await self._writer_lot.park()
             batch, self._urgent = self._urgent, []
             self._urgent_bytes = 0
@@ -545,9 +550,8 @@ class Link:
                     stream._wake_senders()
             self._queued -= size
             if self._room_waiters:
-                waiters, self._room_waiters = self._room_waiters, set()
-                for stream in waiters:
-                    stream._wake_senders()
+                room = self.config.link_send_buffer - self._queued
+                self._wake_room_waiters(-(-room // self.config.stream_send_buffer))
             if self._backlog_lot:
                 self._backlog_lot.unpark_all()
             payload = b"".join(batch)
@@ -558,6 +562,14 @@ class Link:
                 self._flushed.set()
                 return
             self.bytes_sent += len(payload)
+
+    def _wake_room_waiters(self, count: int) -> None:
+        """Wake the `count` streams that waited longest for room in the link's queue."""
+        waiters = self._room_waiters
+        for _ in range(min(count, len(waiters))):
+            stream = next(iter(waiters))
+            del waiters[stream]
+            stream._wake_senders()
 
     async def _keepalive(self) -> None:
         """Ping at once (the first RTT sample), then every interval; end a silent link.
