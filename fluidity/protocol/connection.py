@@ -211,21 +211,22 @@ def _violation(
     `ended` says whether the sender already ended its direction. Order: reply (rule 1) →
     direction ended (rule 6) → before the reply (rule 2) → kind (rule 5) → empty Data (rule 4).
     """
-    name = type(message).__name__
-    rule = STREAM_RULES[type(message)]
+    cls = type(message)
+    rule = STREAM_RULES[cls]
+    # Every Data frame passes here on both sides: names are built only for a violation.
     if rule.reply:
         if sender is not Role.SERVER:
-            return Violation(f"the agent sent {name}", link=True)
+            return Violation(f"the agent sent {cls.__name__}", link=True)
         if stream.replied or stream.kind not in rule.kinds:
-            return Violation(f"unexpected {name}")
+            return Violation(f"unexpected {cls.__name__}")
         return None
     if ended:
-        return Violation(f"{name} after the end of stream", ErrorCode.STREAM_CLOSED)
+        return Violation(f"{cls.__name__} after the end of stream", ErrorCode.STREAM_CLOSED)
     if not stream.replied and (sender is Role.SERVER or stream.kind not in rule.early):
-        return Violation(f"{name} before the reply")
+        return Violation(f"{cls.__name__} before the reply")
     if stream.kind not in rule.kinds:
-        return Violation(f"{name} on a {stream.kind.value} stream")
-    if type(message) is Data and not message.data and not message.end_stream:
+        return Violation(f"{cls.__name__} on a {stream.kind.value} stream")
+    if isinstance(message, Data) and not message.data and not message.end_stream:
         return Violation("empty Data frame without end_stream")
     return None
 
