@@ -975,17 +975,18 @@ async def relay_bytes(
         nonlocal client_done
         while True:
             try:
-                data = await client.receive_some(READ_SIZE)
+                # Reads only when the bytes can go at once (see send_from): a busy link
+                # leaves them in the client's socket, not in our memory.
+                sent = await stream.send_from(client, READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 stream.reset(ErrorCode.CANCEL, "client connection lost")
                 raise
-            if not data:
+            if not sent:
                 client_done = True
                 quiet.ended_one_way()
                 await stream.send_eof()
                 return
             quiet.moved()
-            await stream.send_all(data)
 
     async def tunnel_to_client() -> None:
         while data := await stream.receive_some():

@@ -91,14 +91,15 @@ async def relay(
         nonlocal origin_awaited
         try:
             while True:
+                # Reads only when the bytes can go at once (see send_from): a busy link
+                # leaves them in the origin's socket, not in our memory.
                 origin_awaited = True
-                data = await sock.receive_some(READ_SIZE)
+                sent = await stream.send_from(sock, READ_SIZE)
                 origin_awaited = False
-                if not data:
+                if not sent:
                     break
                 activity.touch()
                 idle.moved()
-                await stream.send_all(data)
             await stream.send_eof()
             idle.ended()
         except (StreamReset, LinkClosed):
@@ -112,7 +113,9 @@ async def relay(
         nursery.start_soon(idle.cancel_when_idle, nursery.cancel_scope)
         await socket_to_tunnel(nursery.cancel_scope)
     if idle.expired is not None:
-        if agent_ended and origin_awaited:
+        # send_from waits for the origin's bytes, then for the agent's credit: only the first
+        # means the origin has nothing more to say.
+        if agent_ended and origin_awaited and not stream.send_blocked:
             await stream.send_eof()  # the agent's client waits for an answer: there is none
         else:
             stream.reset(ErrorCode.CANCEL, f"the tunnel was idle: {idle.expired}")

@@ -4,7 +4,10 @@ One reader task feeds received bytes to the connection and dispatches its events
 without ever blocking; one writer task drains a FIFO of frames into large `send_all` calls.
 Each stream may have at most `stream_send_buffer` bytes in that FIFO and the link at most
 `link_send_buffer`, so a bulk transfer can sit at most that far ahead of an interactive
-request: streams take turns in batches. Frames the protocol answers by itself (Pong, refused
+request: streams take turns in batches. A relay reading a socket for a stream reserves its room
+in the FIFO before it reads (`TunnelStream.send_from`), so reads in progress count against the
+same bounds: a thousand tunnels behind a busy link leave their bytes in their sockets, not in
+reads waiting for room. Frames the protocol answers by itself (Pong, refused
 streams) are bounded too: past `max_control_backlog` unsent bytes the reader stops reading
 until the writer catches up, so a peer that sends but never reads cannot grow our memory.
 A keepalive task pings the peer (at once after the handshake: the first RTT sample sizes the
@@ -112,6 +115,8 @@ class QueuedFrame:
 class LinkStatistics:
     open_streams: int
     queued_bytes: int
+    #: Room in the queue reserved by reads in progress (`TunnelStream.send_from`).
+    reserved_bytes: int
     buffered_bytes: int
     frames_queued: int
     bytes_sent: int
@@ -139,6 +144,8 @@ class Link:
         self._queue: deque[QueuedFrame] = deque()
         #: Payload bytes in `_queue`.
         self._queued = 0
+        #: Room in `_queue` reserved by reads in progress (`TunnelStream.send_from`).
+        self._reserved = 0
         #: Each stream's last Data frame while it is still in `_queue`.
         self._last_data: dict[TunnelStream, QueuedFrame] = {}
         #: Streams whose sender waits for room in the link's share of the queue.
@@ -189,6 +196,7 @@ class Link:
         return LinkStatistics(
             open_streams=len(self.streams),
             queued_bytes=self._queued,
+            reserved_bytes=self._reserved,
             buffered_bytes=sum(s.buffered for s in self.streams.values()),
             frames_queued=len(self._queue),
             bytes_sent=self.bytes_sent,
@@ -310,12 +318,36 @@ class Link:
 
     def _send_room(self, stream: TunnelStream) -> int:
         """Bytes `stream` may queue now: its own share, and the link's (0: wait)."""
-        room = self.config.stream_send_buffer - stream.queued
-        link_room = self.config.link_send_buffer - self._queued
+        room = self.config.stream_send_buffer - stream.queued - stream.reserved
+        link_room = self.config.link_send_buffer - self._queued - self._reserved
         if link_room <= 0:
             self._room_waiters[stream] = None  # the writer wakes it when the queue drains
             return 0
         return min(room, link_room)
+
+    def _contended(self, size: int) -> bool:
+        """Whether a read of `size` bytes that may wait for its source must not reserve room.
+
+        Such a read holds its room while its source is idle, so it is made only while the link
+        is uncontended: nobody waits for room, and such reads stay under half the queue, so
+        idle sources can never hold the room the other streams need.
+        """
+        return bool(self._room_waiters) or (
+            2 * (self._queued + self._reserved + size) > self.config.link_send_buffer
+        )
+
+    def _reserve(self, stream: TunnelStream, size: int) -> None:
+        """Hold `size` bytes of room in the queue for a read in progress."""
+        stream.reserved += size
+        self._reserved += size
+
+    def _release(self, stream: TunnelStream, size: int, used: int) -> None:
+        """End a reservation of `size` bytes, of which the read queued `used`."""
+        stream.reserved -= size
+        self._reserved -= size
+        if used < size and self._room_waiters:
+            # The read came back short (or empty): the room it leaves is free for others.
+            self._wake_room_waiters(-(-(size - used) // self.config.stream_send_buffer))
 
     def _reset(self, stream: TunnelStream, reset: Reset) -> None:
         if self._closing.is_set():
@@ -550,7 +582,7 @@ class Link:
                     stream._wake_senders()
             self._queued -= size
             if self._room_waiters:
-                room = self.config.link_send_buffer - self._queued
+                room = self.config.link_send_buffer - self._queued - self._reserved
                 self._wake_room_waiters(-(-room // self.config.stream_send_buffer))
             if self._backlog_lot:
                 self._backlog_lot.unpark_all()

@@ -1,7 +1,9 @@
 """One multiplexed stream: the object the agent and server handlers use.
 
 Sending waits for flow-control credit and for room in the stream's share of the link's send
-queue, so a writer can never queue more than `stream_send_buffer` bytes. Receiving hands out the
+queue, so a writer can never queue more than `stream_send_buffer` bytes. A relay moves a
+socket's bytes with `send_from`, which reads only once what it reads can be queued at once:
+a relay that read first would hold its read while it waited. Receiving hands out the
 payloads the link's reader delivered and returns their credit to the peer as they are consumed,
 so a reader that stops reading stalls only its own stream.
 
@@ -58,6 +60,11 @@ class TunnelStream:
         #: Bytes queued in the link's writer for this stream and not yet written (kept by
         #: the link; read here for the stream's share of the queue).
         self.queued = 0
+        #: Room in that queue held for a `send_from` read in progress (kept by the link too).
+        self.reserved = 0
+        #: Whether the last send was left waiting for credit or queue room (still set if that
+        #: wait was cancelled): the peer, not the source, held it up.
+        self.send_blocked = False
         #: Payload bytes received and not yet handed to the application.
         self.buffered = 0
         #: Payload bytes sent and received so far (bodies, tunnel bytes, WebSocket message
@@ -165,13 +172,52 @@ class TunnelStream:
 
     async def _wait_credit(self, want: int) -> int:
         """Wait until some credit and queue room exist; return how many bytes may go now."""
+        self.send_blocked = True  # left set if the wait is cancelled
         while not (n := self._credit_now(want)):
             await self._send_lot.park()
+        self.send_blocked = False
         return n
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send bytes on a Request or Connect stream, waiting for credit as needed."""
         await self._send_payload(data, end_stream=False)
+
+    async def send_from(self, source: trio.abc.ReceiveStream, max_bytes: int) -> int:
+        """Read up to `max_bytes` from `source` once and send them; 0 once `source` ended (this
+        side of the stream stays open: `send_eof` is the caller's).
+
+        From a socket, the read is made only once its bytes can be queued at once: credit and
+        room in the link's queue are reserved first, and on a busy link only after the socket
+        has bytes, so idle tunnels reserve nothing there. Bytes that must wait stay in the
+        socket's kernel buffer, where TCP's own flow control holds back their sender, instead
+        of in a read waiting for room (a thousand tunnels behind a busy link held 64 KiB each).
+        A source that is not a socket is read first, then sent as `send_all` does.
+        """
+        self.send_blocked = False
+        if not isinstance(source, trio.SocketStream):
+            data = await source.receive_some(max_bytes)
+            if data:
+                await self.send_all(data)
+            return len(data)
+        link = self._link
+        while True:
+            if link._contended(max_bytes):
+                await trio.lowlevel.wait_readable(source.socket)  # reserving nothing meanwhile
+                n = self._credit_now(max_bytes) or await self._wait_credit(max_bytes)
+                break
+            if n := self._credit_now(max_bytes):
+                break  # the read may wait for the socket, holding its room (see _contended)
+            await self._wait_credit(max_bytes)  # for credit or this stream's own room
+        link._reserve(self, n)
+        used = 0
+        try:
+            data = await source.receive_some(n)
+            used = len(data)
+        finally:
+            link._release(self, n, used)
+        if data:  # the room is still there: queued at once, no wait
+            await self._send_payload(data, end_stream=False)
+        return used
 
     async def send_eof(self) -> None:
         """Half-close: the peer's receive_some returns b"" after what was sent."""

@@ -16,7 +16,7 @@ import trio
 import trio.testing
 
 from fluidity.protocol import ErrorCode, WebSocketClose
-from fluidity.tunnel import StreamReset
+from fluidity.tunnel import StreamReset, TunnelStream
 from tests.server.harness import (
     ack_of,
     open_connect,
@@ -71,6 +71,45 @@ async def test_a_half_closed_tunnel_to_a_silent_origin_ends_with_an_eof() -> Non
             assert env.activity.active == 0
     assert bytes(origin.received) == b"anyone there?"
     assert waited >= LIMIT  # the limit, not at once
+
+
+async def read_into(stream: TunnelStream, sizes: list[int]) -> None:
+    """Read `stream` to its end, noting the size of each read."""
+    while data := await stream.receive_some():
+        sizes.append(len(data))
+
+
+async def test_a_half_closed_tunnel_the_agent_stopped_reading_is_reset_not_ended() -> None:
+    """The origin still has bytes to send when the agent's reader stalls: the tunnel waits for
+    the agent's credit, not for the origin, so its end must not look complete (no EOF)."""
+    sent = 0
+    closed = trio.Event()
+
+    async def talkative(tcp: trio.SocketStream) -> None:
+        nonlocal sent
+        chunk = bytes(65536)
+        try:
+            while True:
+                await tcp.send_all(chunk)
+                sent += len(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            closed.set()  # the server gave up on the tunnel and closed this connection
+
+    with trio.fail_after(10):
+        async with serve_loopback(talkative) as port, serving(half_closed_timeout=LIMIT) as env:
+            stream, _ = await open_connect(env.agent, "127.0.0.1", port)
+            start = trio.current_time()
+            await stream.send_eof()
+            await closed.wait()  # nothing read meanwhile
+            waited = trio.current_time() - start
+            received = []
+            with pytest.raises(StreamReset) as caught:
+                await read_into(stream, received)
+            await trio.testing.wait_all_tasks_blocked()
+            assert env.activity.active == 0
+    assert waited >= LIMIT
+    assert 0 < sum(received) < sent
+    assert "half_closed_timeout" in str(caught.value)
 
 
 async def test_a_tunnel_where_nothing_moves_is_reset_naming_the_setting() -> None:
