@@ -845,6 +845,7 @@ class ClientConnection:
                 scope.deadline = trio.current_time() + body_timeout
                 if isinstance(event, h11.Data):
                     await stream.send_all(event.data)
+                    del event  # not kept while the client's next chunk is awaited
                 elif isinstance(event, h11.EndOfMessage):
                     await stream.send_eof()
                     return
@@ -992,6 +993,7 @@ async def relay_bytes(
         while data := await stream.receive_some():
             quiet.moved()
             await client.send_all(data)
+            del data  # not kept while the next chunk is awaited, maybe for minutes
         quiet.ended_one_way()
         if not client_done:  # else the close that follows says it all
             await client.send_eof()

@@ -61,6 +61,7 @@ async def relay_websocket(
                     binary = isinstance(event, BytesMessage)
                     payload = bytes(event.data) if binary else event.data.encode("utf-8")
                     await stream.send_ws(payload, binary=binary, fin=event.message_finished)
+                    del payload
                 elif isinstance(event, Ping):
                     await to_client(ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
@@ -71,10 +72,12 @@ async def relay_websocket(
                     # the tunnel stream ends cleanly on both sides.
                     await stream.send_ws_close(code, event.reason or "")
                     return
+                del event  # nothing of a message is kept while the next one is awaited
             if ws.state is ConnectionState.CLOSED:
                 return
             data = await client.receive_some(READ_SIZE)
             ws.receive_data(bytes(data) if data else None)
+            del data
 
     async def tunnel_to_client() -> None:
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -101,7 +104,10 @@ async def relay_websocket(
             else:
                 text = decoder.decode(message.data, final=message.fin)
                 event = TextMessage(text, message_finished=message.fin)
+                del text
+            del message
             await to_client(ws.send(event))
+            del event  # nothing of a message is kept while the next one is awaited
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client_to_tunnel)

@@ -150,6 +150,11 @@ class FrameDecoder:
         self._offset = start + length
         with memoryview(self._buffer) as view, view[start : start + length] as body:
             fields = self._unpack(body)
+        if self._offset == len(self._buffer):
+            # All decoded: release the read now, not when the next one arrives (an idle link
+            # would keep up to a read's worth, 256 KiB, for as long as it stays idle).
+            self._buffer.clear()
+            self._offset = 0
         return _message_from(fields)
 
     def _skip_oversized(self, length: int) -> OversizedHead | None:

@@ -400,6 +400,7 @@ class OriginPool:
             await conn.send_all(data, self._write_timeout)
             while chunk := await body.receive_some():
                 await conn.send_all(_send(h, h11.Data(data=chunk)), self._write_timeout)
+                del chunk  # not kept while the agent's next chunk is awaited
             data = _send(h, _END)
             if data:
                 await conn.send_all(data, self._write_timeout)

@@ -78,6 +78,7 @@ async def relay(
                 activity.touch()
                 idle.moved()
                 await sock.send_all(data)
+                del data  # not kept while the next chunk is awaited, maybe for minutes
             await sock.send_eof()
             agent_ended = True
             idle.ended()

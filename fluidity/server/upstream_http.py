@@ -189,6 +189,7 @@ async def serve_request(stream: TunnelStream, pool: OriginPool, activity: Activi
                 while chunk := await response.receive_some():
                     activity.touch()
                     await stream.send_all(chunk)
+                    del chunk  # not kept while the origin's next chunk is awaited
             except UpstreamError as exc:
                 log.info("%s: response body failed: %s", _label(stream, head), exc.reason)
                 stream.reset(ErrorCode.UPSTREAM_ERROR, exc.reason)

@@ -275,6 +275,7 @@ class _Relay:
                     await self.stream.send_ws(message.encode("utf-8"), binary=False)
                 else:
                     await self.stream.send_ws(message, binary=True)
+                del message  # not kept while the next one is awaited
             if self.tunnel_initiated or self.close_sent:
                 return  # the other direction completes this close
             closed = self.ws.closed
@@ -347,3 +348,4 @@ class _Relay:
             # If the origin is closing, its close reaches the agent the other way.
             with contextlib.suppress(trio_websocket.ConnectionClosed):
                 await self.ws.send_message(data)
+            del message, payload, data  # not kept while the next message is awaited

@@ -456,6 +456,7 @@ class Link:
             self.bytes_received += len(data)
             try:
                 conn.receive_data(data)
+                del data  # copied into the decoder: not kept while the next read is awaited
                 while True:
                     try:
                         message = conn.next_event()
@@ -548,7 +549,6 @@ class Link:
                 stream.reset(ErrorCode.CANCEL, "handler ended before the stream")
 
     async def _writer(self) -> None:
-        batch_limit = self.config.write_batch
         while True:
             while True:
                 if pending := self.conn.data_to_send():
@@ -562,31 +562,7 @@ class Link:
                     self._wake_room_waiters(len(self._room_waiters))
                     continue
                 await self._writer_lot.park()
-            batch, self._urgent = self._urgent, []
-            self._urgent_bytes = 0
-            size = 0
-            queue = self._queue
-            last_data = self._last_data
-            while queue and size < batch_limit:
-                item = queue.popleft()
-                batch.extend(item.buffers)
-                stream = item.stream
-                if item.data is not None:
-                    del last_data[stream]
-                if self._unsent_heads:
-                    self._unsent_heads.discard(stream.stream_id)
-                n = item.size
-                if n:
-                    size += n
-                    stream.queued -= n
-                    stream._wake_senders()
-            self._queued -= size
-            if self._room_waiters:
-                room = self.config.link_send_buffer - self._queued - self._reserved
-                self._wake_room_waiters(-(-room // self.config.stream_send_buffer))
-            if self._backlog_lot:
-                self._backlog_lot.unpark_all()
-            payload = b"".join(batch)
+            payload = self._next_batch()
             try:
                 await self.transport.send_all(payload)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -594,6 +570,40 @@ class Link:
                 self._flushed.set()
                 return
             self.bytes_sent += len(payload)
+            del payload  # not kept while the writer waits for more
+
+    def _next_batch(self) -> bytes:
+        """Take the urgent frames, then queued ones up to `write_batch` bytes, as one write.
+
+        The frames are released as soon as they are joined (a method of its own, so no local
+        keeps the last of them alive while the batch is written and the writer waits).
+        """
+        batch, self._urgent = self._urgent, []
+        self._urgent_bytes = 0
+        size = 0
+        queue = self._queue
+        last_data = self._last_data
+        batch_limit = self.config.write_batch
+        while queue and size < batch_limit:
+            item = queue.popleft()
+            batch.extend(item.buffers)
+            stream = item.stream
+            if item.data is not None:
+                del last_data[stream]
+            if self._unsent_heads:
+                self._unsent_heads.discard(stream.stream_id)
+            n = item.size
+            if n:
+                size += n
+                stream.queued -= n
+                stream._wake_senders()
+        self._queued -= size
+        if self._room_waiters:
+            room = self.config.link_send_buffer - self._queued - self._reserved
+            self._wake_room_waiters(-(-room // self.config.stream_send_buffer))
+        if self._backlog_lot:
+            self._backlog_lot.unpark_all()
+        return b"".join(batch)
 
     def _wake_room_waiters(self, count: int) -> None:
         """Wake the `count` streams that waited longest for room in the link's queue."""
