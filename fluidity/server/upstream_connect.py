@@ -109,10 +109,10 @@ async def relay(
             stream.reset(ErrorCode.UPSTREAM_ERROR, "the upstream connection failed")
             cancel.cancel()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(tunnel_to_socket, nursery.cancel_scope)
-        nursery.start_soon(idle.cancel_when_idle, nursery.cancel_scope)
-        await socket_to_tunnel(nursery.cancel_scope)
+    with idle.enforced():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tunnel_to_socket, nursery.cancel_scope)
+            await socket_to_tunnel(nursery.cancel_scope)
     if idle.expired is not None:
         # send_from waits for the origin's bytes, then for the agent's credit: only the first
         # means the origin has nothing more to say.

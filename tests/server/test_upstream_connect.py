@@ -194,3 +194,31 @@ async def test_idle_tunnels_keep_none_of_the_bytes_they_relayed() -> None:
     # batch or decoder buffer.
     held = [trace for trace in snapshot.traces if trace.size >= 16 * 1024]
     assert sum(trace.size for trace in held) < size, [str(t.traceback) for t in held]
+
+
+def count_tasks() -> int:
+    """Every task of the run, counted from the root task down."""
+    tasks = [trio.lowlevel.current_root_task()]
+    count = 0
+    while tasks:
+        task = tasks.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            tasks.extend(nursery.child_tasks)
+    return count
+
+
+async def test_an_open_tunnel_runs_one_task_per_direction(echo_origin: TCPOrigin) -> None:
+    """The idle limit is a deadline that moves with the bytes, not a task per tunnel: what a
+    thousand open tunnels cost the server is two tasks each."""
+    with trio.fail_after(10):
+        async with serving() as env:
+            await trio.testing.wait_all_tasks_blocked()
+            before = count_tasks()
+            streams = [(await open_connect(env.agent, "127.0.0.1", echo_origin.port))[0]
+                       for _ in range(10)]  # fmt: skip
+            await trio.testing.wait_all_tasks_blocked()
+            # Two of the server's, and the (in-process) origin's handler.
+            assert count_tasks() - before == 3 * len(streams)
+            for stream in streams:
+                await stream.aclose()
