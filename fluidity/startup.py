@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import gc
 import socket
 from typing import Any
 
@@ -21,7 +22,17 @@ from cryptography import x509
 from fluidity import tls
 from fluidity.settings import names
 
-__all__ = ["StartupError", "expired", "host_port", "open_listeners", "startup_error"]
+__all__ = [
+    "StartupError",
+    "expired",
+    "host_port",
+    "open_listeners",
+    "settle_collector",
+    "startup_error",
+]
+
+#: Allocations between two young-generation collections (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 20_000
 
 
 class StartupError(Exception):
@@ -107,3 +118,20 @@ def startup_error(group: BaseExceptionGroup[BaseException]) -> StartupError | No
         exc = exc.exceptions[0]
     assert isinstance(exc, StartupError)
     return exc
+
+
+def settle_collector() -> None:
+    """Tune the cyclic garbage collector for a process that serves requests until it stops.
+
+    What exists at start-up (modules, classes, configuration) lives as long as the process:
+    frozen, it stays out of every later collection, so the full passes stay short (they showed
+    in the tail latency: GET p99 31 -> 22 ms in the bench). A proxied request allocates a few
+    hundred containers that almost all die by reference counting within the request; at
+    CPython's default a young collection ran every few requests, scanning requests still in
+    flight. Collected every 20,000 allocations instead, fewer of them are still alive when it
+    runs (about 4% of the CPU per GET, `nox -s bench -- --phases get`), and what cyclic garbage
+    waits for it is bounded by that count.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)

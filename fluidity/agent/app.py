@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import gc
 import logging
 import os
 import signal
@@ -17,7 +16,14 @@ import trio
 
 from fluidity.protocol import Settings, WindowPolicy
 from fluidity.readyfile import write_ready_file
-from fluidity.startup import StartupError, expired, host_port, open_listeners, startup_error
+from fluidity.startup import (
+    StartupError,
+    expired,
+    host_port,
+    open_listeners,
+    settle_collector,
+    startup_error,
+)
 from fluidity.tls import client_ssl_context
 from fluidity.tunnel import LinkConfig
 
@@ -306,11 +312,7 @@ async def _kill(control: ControlPlane) -> None:
 
 def run(config: AgentConfig) -> int:
     """Blocking entry point for the CLI; returns the process exit code."""
-    # What exists now (modules, classes, configuration) lives as long as the process: keep it
-    # out of every later collection, so the collector's full passes stay short (they showed
-    # in the tail latency: GET p99 31 -> 22 ms in the bench).
-    gc.collect()
-    gc.freeze()
+    settle_collector()
     try:
         trio.run(serve, config)
     except StartupError as exc:

@@ -609,8 +609,10 @@ class ClientConnection:
                     return None
                 self.received += len(first)
                 self.h11.receive_data(bytes(first))
-            scope.deadline = trio.current_time() + head_timeout
-            event = await self._receive_event()
+            event = self.h11.next_event()
+            if event is h11.NEED_DATA:  # the head did not come whole: the head timeout runs
+                scope.deadline = trio.current_time() + head_timeout
+                event = await self._receive_event()
             return event if isinstance(event, h11.Request) else None
         if self.proxy.shutting_down or not self.h11.trailing_data[0]:
             return None

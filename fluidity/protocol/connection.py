@@ -291,6 +291,11 @@ class Connection:
         out, self._outbox = self._outbox, []
         return out
 
+    @property
+    def has_data_to_send(self) -> bool:
+        """Whether `data_to_send()` has frames: a writer need not be woken for none."""
+        return bool(self._outbox)
+
     def _queue(self, message: Message) -> None:
         self._outbox.extend(encode(message))
 

@@ -205,6 +205,8 @@ def _send(conn: h11.Connection, event: h11.Event) -> bytes:
 
 
 _END = h11.EndOfMessage()  # events are frozen: one will do
+#: What h11's next_event returns.
+_Next = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
 
 
 async def _send_and_receive_head(
@@ -533,7 +535,17 @@ class OriginResponse:
     body to read with `receive_some`. Closing it (or leaving its `with` block) releases the
     connection if the body was read to the end, else closes it."""
 
-    __slots__ = ("_conn", "_pool", "_timeout", "headers", "http_version", "reason", "status")
+    __slots__ = (
+        "_ahead",
+        "_conn",
+        "_pool",
+        "_timeout",
+        "complete",
+        "headers",
+        "http_version",
+        "reason",
+        "status",
+    )
 
     def __init__(
         self, pool: OriginPool, conn: _Connection, head: h11.Response, timeout: float
@@ -545,6 +557,11 @@ class OriginResponse:
         self.reason = head.reason
         self.http_version = head.http_version
         self.headers: tuple[tuple[bytes, bytes], ...] = tuple(head.headers.raw_items())
+        #: The body has been read to its end (the piece `receive_some` returned last was the
+        #: last one, or b"" came back): the caller can end its copy with that piece.
+        self.complete = False
+        #: An event read after a Data one, looking for the end, and not handed out yet.
+        self._ahead: _Next | None = None
 
     def __enter__(self) -> OriginResponse:
         return self
@@ -553,15 +570,26 @@ class OriginResponse:
         self.close()
 
     async def receive_some(self) -> bytes:
-        """The next piece of the body (at most READ_SIZE bytes), b"" at its end."""
+        """The next piece of the body (at most READ_SIZE bytes), b"" at its end.
+
+        When the end is already buffered behind a piece, that piece comes back with
+        `complete` set and the connection released: a small response's body and its end
+        then go to the tunnel as one frame, encoded once.
+        """
         conn = self._conn
         if conn is None:
+            self.complete = True
             return b""
         h = conn.h11
         try:
             while True:
-                event = h.next_event()
+                event, self._ahead = self._ahead or h.next_event(), None
                 if isinstance(event, h11.Data):
+                    after = h.next_event()
+                    if isinstance(after, h11.EndOfMessage):
+                        self._end(conn, after)
+                    elif after is not h11.NEED_DATA:
+                        self._ahead = after
                     return bytes(event.data)
                 if event is not h11.NEED_DATA:
                     break
@@ -573,12 +601,17 @@ class OriginResponse:
             if isinstance(exc, h11.RemoteProtocolError):
                 raise _broke(exc) from exc
             raise
+        self._end(conn, event)
+        return b""
+
+    def _end(self, conn: _Connection, event: _Next) -> None:
+        """The body ended with `event`: release the connection if that is its proper end."""
         self._conn = None
         if not isinstance(event, h11.EndOfMessage):
             conn.close()
             raise OriginError("the origin's answer ended unexpectedly")
+        self.complete = True
         self._pool._release(conn)
-        return b""
 
     def close(self) -> None:
         conn = self._conn
@@ -587,7 +620,7 @@ class OriginResponse:
         self._conn = None
         # What is already buffered may complete the answer (a HEAD, a 204, a short body).
         try:
-            event = conn.h11.next_event()
+            event = self._ahead or conn.h11.next_event()
             while isinstance(event, h11.Data):
                 event = conn.h11.next_event()
         except h11.RemoteProtocolError:

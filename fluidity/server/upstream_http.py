@@ -188,11 +188,15 @@ async def serve_request(stream: TunnelStream, pool: OriginPool, activity: Activi
             try:
                 while chunk := await response.receive_some():
                     activity.touch()
+                    if response.complete:
+                        await stream.send_last(chunk)  # the body and its end, one frame
+                        break
                     await stream.send_all(chunk)
                     del chunk  # not kept while the origin's next chunk is awaited
+                else:
+                    await stream.send_eof()
             except UpstreamError as exc:
                 log.info("%s: response body failed: %s", _label(stream, head), exc.reason)
                 stream.reset(ErrorCode.UPSTREAM_ERROR, exc.reason)
                 return
-            await stream.send_eof()
     await _drain(stream)

@@ -378,7 +378,8 @@ class Link:
     def _acknowledge(self, stream_id: int, size: int) -> None:
         if not self._closing.is_set():
             self.conn.acknowledge_received_data(stream_id, size, trio.current_time())
-            self._wake_writer()
+            if self.conn.has_data_to_send:  # a WindowUpdate is due (not at every read)
+                self._wake_writer()
 
     def _send_control(self, message: Message) -> None:
         self._take_control(self.conn.send(message))
@@ -471,8 +472,9 @@ class Link:
                 self._take_control(conn.data_to_send())  # the GoAway the protocol queued
                 self._fail(LinkClosed(f"protocol error: {exc}"))
                 return
-            self._take_control(conn.data_to_send())
-            self._wake_writer()
+            if conn.has_data_to_send:  # Pongs, WindowUpdates, Resets: else nothing to wake for
+                self._take_control(conn.data_to_send())
+                self._wake_writer()
 
     def _dispatch(self, message: Message) -> None:
         if isinstance(message, StreamMessage):

@@ -223,6 +223,10 @@ class TunnelStream:
         """Half-close: the peer's receive_some returns b"" after what was sent."""
         await self._send_payload(b"", end_stream=True)
 
+    async def send_last(self, data: bytes | bytearray | memoryview) -> None:
+        """send_all(data) then send_eof(), the end riding on the last Data frame."""
+        await self._send_payload(data, end_stream=True)
+
     async def _send_payload(self, data: bytes | bytearray | memoryview, end_stream: bool) -> None:
         view = memoryview(data)
         self._check_usable()

@@ -176,6 +176,8 @@ class Bench:
     profile_dir: Path | None
     pki: Pki
     peers: dict[str, Peer] = attrs.field(factory=dict)
+    #: The trio + h11 server alone (tests/bench/floor.py): the GET phase's floor.
+    floor: Running | None = None
 
     @property
     def http_port(self) -> int:
@@ -205,7 +207,8 @@ class Bench:
         }
 
     def check_alive(self) -> None:
-        for running in (self.origin, self.server, self.agent):
+        floor = (self.floor,) if self.floor is not None else ()
+        for running in (self.origin, self.server, self.agent, *floor):
             if running.process.poll() is not None:
                 raise RuntimeError(f"{running.name} exited:\n{running.log()[-4000:]}")
         for peer in self.peers.values():
@@ -527,6 +530,16 @@ async def phase_get(bench: Bench) -> dict[str, Any]:
     direct.update(direct_watch.summary())
     await settle(bench)
     out: dict[str, Any] = {"direct": direct}
+    if bench.floor is not None:
+        # The same load on the trio + h11 server alone: what one process of ours costs at
+        # the least (tests/bench/floor.py).
+        pid = bench.pid(bench.floor)
+        async with watch({"floor": pid}, {**bench.pids, "floor": pid}) as floor_watch:
+            port = int(bench.floor.info["listen_port"])
+            floor = await run_load(bench, port, f"/stream?n={n}", f"127.0.0.1:{port}")
+        floor.update(floor_watch.summary())
+        out["floor"] = floor
+        await settle(bench)
     for proxied in bench.proxies():
         authority = f"{proxied.host}:{bench.http_port}"
         async with (
@@ -1077,6 +1090,27 @@ def rows(phases: dict[str, Any], bulk_size: int = GIB, peers: tuple[str, ...] = 
                 },
             )
         )
+    # The stack's floor: a trio + h11 server alone under the same load (tests/bench/floor.py).
+    floor = cpu_per_thousand(_get(phases, "get", "floor"), "floor", "requests")
+    if floor:
+        out.append(Row("trio+h11 server alone, CPU per 1,000 GETs", "s", None, floor, "", None))
+
+        def over_floor(mode: str, role: str) -> float | None:
+            cpu = cpu_per_thousand(_get(phases, "get", mode), role, "requests")
+            return None if cpu is None else round(cpu / floor, 2)
+
+        for name in ("agent", "server"):
+            out.append(
+                Row(
+                    f"{name} CPU per GET / trio+h11 floor",
+                    "x",
+                    None,
+                    over_floor("fluidity", name),
+                    "",
+                    None,
+                    {peer: over_floor(peer, name) for peer in peers},
+                )
+            )
     if "wan" in phases:
         from .wan import wan_rows
 
@@ -1232,10 +1266,13 @@ async def run_bench(
             "fluidity.agent", agent_args(pki, server.port, *extra, *agent_room), workdir
         ) as agent,
         run_peers(args.peers, workdir) as (peers, notes),
+        run_fluidity("tests.bench.floor", [], workdir, env={"PYTHONPATH": str(REPO)}) as floor,
     ):
         for note in notes:
             print(f"[bench] {note}", flush=True)
-        bench = Bench(args, workdir, origin_ca, origin, server, agent, profile_dir, pki, peers)
+        bench = Bench(
+            args, workdir, origin_ca, origin, server, agent, profile_dir, pki, peers, floor
+        )
         await wait_tunnel_up(bench)
         await warm_up(bench)
         for name in args.phases:

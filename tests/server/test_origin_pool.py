@@ -326,6 +326,28 @@ async def test_a_chunked_answer_is_de_framed(origin: HTTPOrigin) -> None:
     assert origin.connections == 1
 
 
+async def test_the_piece_that_ends_a_body_comes_back_complete(origin: HTTPOrigin) -> None:
+    """An end already buffered behind a piece is seen with it: `complete` is set and the
+    connection is back in the pool before the caller asks again (the server then sends the
+    piece and the end as one frame)."""
+    with trio.fail_after(10):
+        async with pooled() as pool:
+            for query in ("n=1000", "n=300000&chunked=1&chunk=10000", "n=3000000"):
+                pieces: list[tuple[int, bool, int]] = []
+                with await send(pool, "GET", origin.url(f"/stream?{query}")) as response:
+                    while chunk := await response.receive_some():
+                        pieces.append((len(chunk), response.complete, pool.statistics().idle))
+                    assert response.complete
+                *before, last = pieces
+                assert all(not complete and idle == 0 for _, complete, idle in before), query
+                if last[1]:  # the end came with the last piece: released with it
+                    assert last[2] == 1, query
+                assert pool.statistics().idle == 1
+                if query == "n=1000":  # one small answer: its one piece is the last
+                    assert pieces == [(1000, True, 1)]
+    assert origin.connections == 1
+
+
 async def test_a_large_body_streams_in_bounded_pieces(origin: HTTPOrigin) -> None:
     n = 20 * MB
     digest = hashlib.sha256()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,3 +85,14 @@ async def test_an_ipv6_listener_is_logged_in_brackets(pki: Pki, tmp_path: Path) 
     args = agent_args(pki, 1, "--listen-host", "::1")
     async with run_fluidity("fluidity.agent", args, tmp_path) as agent:
         assert f"proxy listening on http://[::1]:{agent.port} " in agent.log()
+
+
+def test_settle_collector_freezes_start_up_and_spaces_young_collections() -> None:
+    """Run in a child: the test process's own collector is left as it is."""
+    code = (
+        "import gc; from fluidity.startup import GC_YOUNG_THRESHOLD, settle_collector; "
+        "before = gc.get_freeze_count(); settle_collector(); "
+        "print(gc.get_threshold()[0] == GC_YOUNG_THRESHOLD, gc.get_freeze_count() > before)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["True", "True"], out.stderr

@@ -781,3 +781,31 @@ async def test_the_end_of_a_body_rides_on_its_last_unsent_data_frame(
         assert frames == [(False, b"first"), (False, b"the body"), (True, b"")]
     else:
         assert frames == [(False, b"first"), (True, b"the body")]
+
+
+async def test_send_last_is_one_data_frame_with_the_end(autojump_clock: MockClock) -> None:
+    """The caller knows the piece is the last: body and end go as one frame, even when the
+    writer has already flushed everything before it."""
+    agent_side, server_side = trio.testing.memory_stream_pair()
+    wire = Wire(server_side, record=True)
+
+    async def handler(stream: TunnelStream) -> None:
+        await stream.send_reply(ConnectAck(stream.stream_id, 200))
+        await stream.send_all(b"first")
+        await trio.testing.wait_all_tasks_blocked()  # "first" is written on its own
+        await stream.send_last(b"the body")
+        with pytest.raises(trio.ClosedResourceError):
+            await stream.send_all(b"more")
+        assert await stream.receive_some() == b""
+
+    with trio.fail_after(10):
+        async with linked_pair(handler, transports=(agent_side, wire)) as (agent, _server):
+            stream = await connect(agent)
+            await stream.wait_reply()
+            assert await receive_all(stream) == digest(b"firstthe body")
+            await stream.send_eof()
+            await trio.testing.wait_all_tasks_blocked()
+            assert stream.finished
+    assert wire.sent is not None
+    frames = [(f.end_stream, f.data) for f in decode_frames(wire.sent) if isinstance(f, Data)]
+    assert frames == [(False, b"first"), (True, b"the body")]
