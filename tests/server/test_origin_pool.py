@@ -41,7 +41,7 @@ from tests.support.origins import (
     pattern_sha256,
 )
 from tests.support.pki import TestTLS
-from tests.support.scripted import OK, Peer, answer_all, scripted_origin
+from tests.support.scripted import OK, Peer, Script, answer_all, scripted_origin
 
 MB = 1024 * 1024
 Headers = list[tuple[bytes, bytes]]
@@ -361,6 +361,68 @@ async def test_a_large_body_streams_in_bounded_pieces(origin: HTTPOrigin) -> Non
                     received += len(chunk)
             assert pool.statistics().idle == 1
     assert (received, digest.hexdigest()) == (n, pattern_sha256(n))
+
+
+def split_answer(body: bytes, head_extra: bytes = b"", version: bytes = b"1.1") -> Script:
+    """Answer each request with `body` by Content-Length: the head and the first byte first,
+    then (once the client has read them) the rest in pieces, so most of it arrives after h11
+    has handed out what it had and is read straight from the socket."""
+
+    async def script(peer: Peer, index: int) -> None:
+        while await peer.read_request() is not None:
+            head = b"HTTP/%s 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (
+                version,
+                len(body),
+                head_extra,
+            )
+            await peer.send(head + body[:1])
+            await trio.sleep(0.05)
+            for i in range(1, len(body), 7000):
+                await peer.send(body[i : i + 7000])
+
+    return script
+
+
+async def test_a_length_framed_body_read_from_the_socket_keeps_the_connection() -> None:
+    body = pattern_bytes(100_000)
+    with trio.fail_after(10):
+        async with scripted_origin(split_answer(body)) as origin, pooled() as pool:
+            for _ in range(3):
+                fetched = await fetch(pool, "GET", origin.url("/"))
+                assert fetched.body == body
+                assert pool.statistics().idle == 1
+    assert origin.connections == 1
+
+
+@pytest.mark.parametrize(("version", "extra"), [(b"1.1", b"Connection: close\r\n"), (b"1.0", b"")])
+async def test_a_length_framed_body_of_a_closing_answer_does_not_pool(
+    version: bytes, extra: bytes
+) -> None:
+    body = pattern_bytes(50_000)
+    with trio.fail_after(10):
+        async with scripted_origin(split_answer(body, extra, version)) as origin, pooled() as pool:
+            for _ in range(2):
+                assert (await fetch(pool, "GET", origin.url("/"))).body == body
+                assert pool.statistics().idle == 0
+    assert origin.connections == 2
+
+
+async def test_an_origin_silent_mid_body_is_a_read_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def stall(peer: Peer, index: int) -> None:
+        await peer.read_request()
+        await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nfirst")
+        assert await peer.read_head() is None  # nothing more: the client closes
+
+    with trio.fail_after(100):
+        async with scripted_origin(stall) as origin, pooled(read_timeout=30) as pool:
+            with await send(pool, "GET", origin.url("/")) as response:
+                assert await response.receive_some() == b"first"
+                with pytest.raises(OriginTimeout, match="sent nothing for 30 s"):
+                    await response.receive_some()
+            assert pool.statistics().idle == 0
+            await origin.wait_ended(1)  # the connection was closed
 
 
 async def test_a_reader_that_stops_stops_the_origin(origin: HTTPOrigin) -> None:
