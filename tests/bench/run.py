@@ -1034,14 +1034,15 @@ def rows(phases: dict[str, Any], bulk_size: int = GIB, peers: tuple[str, ...] = 
         known = [p for p in parts if p is not None]
         return round(sum(known), 1) if known else None
 
+    total = total_peak("fluidity")
     out.append(
         Row(
             "peak RSS, all processes",
             "MB",
             None,
-            total_peak("fluidity"),
+            total,
             "<= 150",
-            None,
+            None if total is None else total <= 150,
             {peer: total_peak(peer) for peer in peers},
         )
     )
@@ -1137,6 +1138,41 @@ def _fmt(value: float | None) -> str:
 
 def _fmt_ratio(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+@attrs.frozen
+class PeerTarget:
+    """A target stated as a ratio to a peer measured in the same run (issue 16)."""
+
+    #: The row's metric, as `rows()` names it.
+    metric: str
+    peer: str
+    #: fluidity / peer must be at least this (rates) or at most this (times, memory).
+    limit: float
+    at_least: bool
+    text: str
+
+
+PEER_TARGETS = (
+    PeerTarget("plain HTTP bulk", "pproxy", 1.0, True, "plain HTTP bulk >= 1.0x pproxy"),
+    PeerTarget("CONNECT+TLS bulk", "pproxy", 1.0, True, "CONNECT+TLS bulk >= 1.0x pproxy"),
+    PeerTarget("1 KiB GET, 64 conns", "squid", 0.5, True, "1 KiB GETs >= 0.5x squid"),
+    PeerTarget("1 KiB GET latency p99", "squid", 2.0, False, "GET p99 <= 2x squid's"),
+    PeerTarget("CONNECT first byte p50", "pproxy", 1.0, False, "first byte p50 below pproxy's"),
+)
+
+
+def peer_target_lines(table: list[Row]) -> list[str]:
+    """Each ratio target whose peer ran, with this run's ratio and PASS / MISS."""
+    lines = []
+    for target in PEER_TARGETS:
+        row = next((r for r in table if r.metric.startswith(target.metric)), None)
+        ratio = None if row is None else row.peer_ratio(target.peer)
+        if ratio is None:
+            continue
+        ok = ratio >= target.limit if target.at_least else ratio < target.limit
+        lines.append(f"  {target.text}: {ratio:.2f}x {'PASS' if ok else 'MISS'}")
+    return lines
 
 
 def render_table(table: list[Row], peers: tuple[str, ...] = ()) -> str:
@@ -1530,6 +1566,9 @@ def main(argv: list[str] | None = None) -> int:
     print(render_table(table, peers))
     for note in notes:
         print(note)
+    if checks := peer_target_lines(table):
+        print("\nTargets as ratios to the peers in this run (fluidity / peer):")
+        print("\n".join(checks))
     print()
     cpu = render_cpu(phases, bool(args.profile))
     if cpu:
