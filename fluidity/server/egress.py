@@ -141,6 +141,20 @@ def _networks(cidrs: Sequence[str]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(c) for c in cidrs)
 
 
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...] | None:
+    """The IPv4 addresses an IPv6 address leads to (None: an address of its own; empty: one
+    that cannot be told). NAT64 connects to the address inside; 6to4 (2002::/16, RFC 3056)
+    sends to the IPv4 gateway it names, Teredo (2001::/32, RFC 4380) to its server and its
+    client's public address: each of those is what the connection reaches."""
+    if (nat64 := _nat64_ipv4(address)) is not None:
+        return nat64
+    if address.sixtofour is not None:
+        return (address.sixtofour,)
+    if address.teredo is not None:
+        return address.teredo
+    return None
+
+
 def _unmapped(address: IPAddress) -> IPAddress:
     """An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is that IPv4 address to the kernel."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
@@ -153,8 +167,9 @@ class EgressPolicy:
     """Which destination addresses the server may connect to.
 
     Order of rules: `deny` refuses (it is the operator's explicit word), then `allow` permits
-    (overriding the built-in defaults), then a NAT64 address is judged by the IPv4 address
-    inside it (all the rules again), then `DEFAULT_DENY` refuses; anything else is allowed.
+    (overriding the built-in defaults), then a NAT64, 6to4 or Teredo address is judged by the
+    IPv4 addresses inside it (all the rules again), then `DEFAULT_DENY` refuses; anything else
+    is allowed.
     """
 
     allow: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_networks)
@@ -171,7 +186,7 @@ class EgressPolicy:
             return "egress_deny lists it"
         if any(ip in net for net in self.allow):
             return None
-        if isinstance(ip, ipaddress.IPv6Address) and (inside := _nat64_ipv4(ip)) is not None:
+        if isinstance(ip, ipaddress.IPv6Address) and (inside := _embedded_ipv4(ip)) is not None:
             if not inside:
                 return _DEFAULT_REFUSAL
             for v4 in inside:

@@ -154,7 +154,8 @@ class ServerConfig:
         (),
         "CIDR blocks always allowed as destinations, overriding the default denials "
         "(loopback, unspecified, link-local, cloud metadata, and private networks: "
-        "RFC 1918, `100.64.0.0/10`, `fc00::/7`, and NAT64 addresses of any of these).",
+        "RFC 1918, `100.64.0.0/10`, `fc00::/7`, and NAT64, 6to4 and Teredo addresses of any "
+        "of these).",
         check=_cidrs,
         metavar="CIDR",
     )

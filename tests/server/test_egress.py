@@ -66,6 +66,11 @@ PRIVATE = [
     "64:ff9b:1:a00:0:100::",  # local-use prefix, /48 layout: 10.0.0.1
     "64:ff9b:1:ffff:a:0:100::",  # /64 layout: 10.0.0.1
     "64:ff9b:1:1:ff00:0:808:808",  # the "u" octet set: no valid layout, so no telling
+    "2002:7f00:1::1",  # 6to4 through the gateway 127.0.0.1
+    "2002:a00:1::1",  # 6to4 through 10.0.0.1
+    "2002:a9fe:a9fe::1",  # 6to4 through the metadata address
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo (RFC 4380's example): client 192.0.2.45
+    "2001:0:a00:1:8000:63bf:7f7f:fffe",  # Teredo server 10.0.0.1, client 128.128.0.1
     "192.0.2.1",  # documentation (RFC 5737): no origin lives there
     "198.51.100.7",
     "203.0.113.9",
@@ -94,6 +99,8 @@ def test_default_policy_refuses_private_networks(address: str) -> None:
         "172.32.0.1",  # just past 172.16.0.0/12
         "64:ff9b::5db8:d822",  # NAT64 of 93.184.216.34
         "64:ff9b:1::808:808",  # local-use /96 layout: 8.8.8.8
+        "2002:808:808::1",  # 6to4 through 8.8.8.8
+        "2001:0:808:808:8000:63bf:a2b7:f7f7",  # Teredo server 8.8.8.8, client 93.72.8.8
     ],
 )
 def test_default_policy_allows_the_rest(address: str) -> None:
@@ -110,6 +117,7 @@ def test_default_policy_allows_the_rest(address: str) -> None:
         ("fc00::/7", "fd00::1"),
         ("10.0.0.0/8", "64:ff9b::a00:1"),  # the IPv4 address inside is what is allowed
         ("64:ff9b:1::/48", "64:ff9b:1::a00:1"),  # or the NAT64 range itself
+        ("10.0.0.0/8", "2002:a00:1::1"),  # 6to4: the IPv4 gateway inside
     ],
 )
 def test_egress_allow_reopens_a_private_range(allow: str, address: str) -> None:
