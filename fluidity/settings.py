@@ -204,6 +204,36 @@ def ready_file(value: str) -> str:
     return value
 
 
+# -- settings both processes define the same way --------------------------------------------
+
+#: name: (default, help, options of `setting`). Settings whose help differs per process (what
+#: the peer is, what a window holds there) stay in each process's own class.
+SHARED_SETTINGS: dict[str, tuple[Any, str, dict[str, Any]]] = {
+    "keepalive_interval": (
+        15.0,
+        "Seconds between keepalive pings on an idle link.",
+        {"check": positive},
+    ),
+    "log_level": ("info", "Lowest level logged.", {"choices": LOG_LEVELS}),
+    "log_format": (
+        "text",
+        "Log format: text for people, json (one object per line) for collectors.",
+        {"choices": LOG_FORMATS},
+    ),
+    "ready_file": (
+        None,
+        "File to write JSON with the bound ports to once listening (for scripts and tests).",
+        {"check": ready_file, "metavar": "PATH"},
+    ),
+}
+
+
+def shared(name: str) -> Any:
+    """A field for the setting `name` of SHARED_SETTINGS (attrs needs one per class)."""
+    default, help, options = SHARED_SETTINGS[name]
+    return setting(default, help, **options)
+
+
 # -- describing settings --------------------------------------------------------------------
 
 

@@ -14,8 +14,6 @@ import attrs
 from fluidity import tls
 from fluidity.settings import (
     CERTS_FIX,
-    LOG_FORMATS,
-    LOG_LEVELS,
     MIB,
     PEM_HELP,
     ConfigError,
@@ -29,10 +27,10 @@ from fluidity.settings import (
     port,
     positive,
     positive_int,
-    ready_file,
     remote_port,
     require,
     setting,
+    shared,
     url,
     window,
 )
@@ -197,9 +195,7 @@ class AgentConfig:
         "Longest delay between reconnect attempts (the delay doubles up to it).",
         check=positive,
     )
-    keepalive_interval: float = setting(
-        15.0, "Seconds between keepalive pings on an idle link.", check=positive
-    )
+    keepalive_interval: float = shared("keepalive_interval")
     keepalive_timeout: float = setting(
         45.0,
         "Seconds without any data from the server before the link is declared dead (a "
@@ -253,18 +249,9 @@ class AgentConfig:
         "Stop the server (`POST /kill`) when the agent exits. Turn off when others share "
         "the server.",
     )
-    ready_file: str | None = setting(
-        None,
-        "File to write JSON with the bound ports to once listening (for scripts and tests).",
-        check=ready_file,
-        metavar="PATH",
-    )
-    log_level: str = setting("info", "Lowest level logged.", choices=LOG_LEVELS)
-    log_format: str = setting(
-        "text",
-        "Log format: text for people, json (one object per line) for collectors.",
-        choices=LOG_FORMATS,
-    )
+    ready_file: str | None = shared("ready_file")
+    log_level: str = shared("log_level")
+    log_format: str = shared("log_format")
     access_log: bool = setting(
         False,
         "Log a line at info per proxied request or tunnel (host, method, status, bytes each "

@@ -15,8 +15,6 @@ import attrs
 from fluidity import tls
 from fluidity.settings import (
     CERTS_FIX,
-    LOG_FORMATS,
-    LOG_LEVELS,
     MIB,
     PEM_HELP,
     ConfigError,
@@ -30,10 +28,10 @@ from fluidity.settings import (
     port,
     positive,
     positive_int,
-    ready_file,
     require,
     resource_name,
     setting,
+    shared,
     url,
     window,
 )
@@ -219,9 +217,7 @@ class ServerConfig:
         "agents share one address (behind a NAT) and connect at once.",
         check=positive_int,
     )
-    keepalive_interval: float = setting(
-        15.0, "Seconds between keepalive pings on an idle link.", check=positive
-    )
+    keepalive_interval: float = shared("keepalive_interval")
     keepalive_timeout: float = setting(
         45.0,
         "Seconds without any data from an agent before its link is closed (a third of it "
@@ -273,18 +269,9 @@ class ServerConfig:
         check=url,
         metavar="URL",
     )
-    ready_file: str | None = setting(
-        None,
-        "File to write JSON with the bound ports to once listening (for scripts and tests).",
-        check=ready_file,
-        metavar="PATH",
-    )
-    log_level: str = setting("info", "Lowest level logged.", choices=LOG_LEVELS)
-    log_format: str = setting(
-        "text",
-        "Log format: text for people, json (one object per line) for collectors.",
-        choices=LOG_FORMATS,
-    )
+    ready_file: str | None = shared("ready_file")
+    log_level: str = shared("log_level")
+    log_format: str = shared("log_format")
     access_log: bool = setting(
         False,
         "Log a line at info per request or tunnel served (host, method, status, bytes each "
