@@ -81,6 +81,25 @@ def socket_reads_alive() -> int:
     return sum(trace.size for trace in reads.traces)
 
 
+async def client(sock: trio.SocketStream, body: bytes) -> None:
+    """The outside of a tunnel: its upload, then EOF."""
+    await sock.send_all(body)
+    await sock.send_eof()
+
+
+async def relay_upload(agent: Link, sock: trio.SocketStream) -> bytes:
+    """Relay `sock` into a POST stream with send_from (as the proxy does); the reply's body."""
+    stream = await agent.open_stream(Request(0, b"POST", b"http://o/", (), False))
+    while await stream.send_from(sock, READ_SIZE):
+        pass
+    await stream.send_eof()
+    await stream.wait_reply()
+    data = b""
+    while chunk := await stream.receive_some():
+        data += chunk
+    return data
+
+
 async def test_relays_behind_a_slow_link_leave_their_bytes_in_their_sockets() -> None:
     """`send_from` reads a socket only when what it reads can be queued at once.
 
@@ -112,20 +131,8 @@ async def test_relays_behind_a_slow_link_leave_their_bytes_in_their_sockets() ->
         if batches % 4 == 0 and tracemalloc.is_tracing():  # a snapshot costs a few ms
             most_read = max(most_read, socket_reads_alive())
 
-    async def client(sock: trio.SocketStream, body: bytes) -> None:
-        await sock.send_all(body)
-        await sock.send_eof()
-
     async def relay(index: int, agent: Link, sock: trio.SocketStream) -> None:
-        stream = await agent.open_stream(Request(0, b"POST", b"http://o/", (), False))
-        while await stream.send_from(sock, READ_SIZE):
-            pass
-        await stream.send_eof()
-        await stream.wait_reply()
-        data = b""
-        while chunk := await stream.receive_some():
-            data += chunk
-        results[index] = data
+        results[index] = await relay_upload(agent, sock)
 
     with trio.fail_after(30):
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -168,23 +175,8 @@ async def test_idle_sockets_never_hold_the_room_a_busy_upload_needs() -> None:
     wire = Wire(agent_side, rate=50e6)
     body = payload(1, 2 * 1024 * 1024)
 
-    async def relay(agent: Link, sock: trio.SocketStream) -> bytes:
-        stream = await agent.open_stream(Request(0, b"POST", b"http://o/", (), False))
-        while await stream.send_from(sock, READ_SIZE):
-            pass
-        await stream.send_eof()
-        await stream.wait_reply()
-        data = b""
-        while chunk := await stream.receive_some():
-            data += chunk
-        return data
-
-    async def client(sock: trio.SocketStream, body: bytes) -> None:
-        await sock.send_all(body)
-        await sock.send_eof()
-
     async def idle(agent: Link, sock: trio.SocketStream) -> None:
-        assert await relay(agent, sock) == repr(digest(b"")).encode()
+        assert await relay_upload(agent, sock) == repr(digest(b"")).encode()
 
     with trio.fail_after(30):
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -204,7 +196,7 @@ async def test_idle_sockets_never_hold_the_room_a_busy_upload_needs() -> None:
             await trio.testing.wait_all_tasks_blocked()
             assert 0 < agent._reserved <= config.link_send_buffer // 2
             nursery.start_soon(client, busy_outside, body)
-            assert await relay(agent, busy_inside) == repr(digest(body)).encode()
+            assert await relay_upload(agent, busy_inside) == repr(digest(body)).encode()
             await trio.testing.wait_all_tasks_blocked()
             assert agent._reserved <= config.link_send_buffer // 2  # the idle ones only
             for outside, _ in idle_pairs:
