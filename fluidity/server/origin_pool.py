@@ -604,6 +604,7 @@ class OriginResponse:
         if self._remaining:
             return await self._receive_direct(conn)
         h = conn.h11
+        direct = False
         try:
             while True:
                 event, self._ahead = self._ahead or h.next_event(), None
@@ -617,10 +618,8 @@ class OriginResponse:
                     else:
                         self._ahead = after
                     return bytes(event.data)
-                if event is not h11.NEED_DATA:
+                if event is not h11.NEED_DATA or (direct := self._go_direct()):
                     break
-                if self._go_direct():
-                    return await self._receive_direct(conn)
                 received = await conn.receive_some(self._timeout)
                 h.receive_data(received)  # type: ignore[arg-type]  # any bytes-like, says h11
         except BaseException as exc:
@@ -629,6 +628,8 @@ class OriginResponse:
             if isinstance(exc, h11.RemoteProtocolError):
                 raise _broke(exc) from exc
             raise
+        if direct:  # the rest of the body is read past h11
+            return await self._receive_direct(conn)
         self._end(conn, event)
         return b""
 

@@ -4,10 +4,8 @@ authentication that gives up, the cap on client connections, and what error answ
 from __future__ import annotations
 
 import logging
-import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 
 import h11
 import httpx2
@@ -16,9 +14,9 @@ import trio
 import trio.testing
 
 from fluidity.agent.proxy import Proxy, ProxySettings, _too_large, describe_h11_error
-from fluidity.agent.tunnel_client import TunnelClient
 from fluidity.protocol import Connect, FrameTooLarge, Request
-from fluidity.tunnel import LinkConfig
+from tests.agent.support import offline_proxy
+from tests.support.origins import serve_loopback
 
 SECRET = "hunter2-9d1c"
 
@@ -26,18 +24,9 @@ SECRET = "hunter2-9d1c"
 @asynccontextmanager
 async def serve_proxy(settings: ProxySettings) -> AsyncIterator[tuple[Proxy, int]]:
     """A Proxy on 127.0.0.1 port 0 whose tunnel never comes up (requests that need it wait)."""
-    tunnel = TunnelClient(
-        "127.0.0.1",
-        9,
-        ssl_context=ssl.create_default_context(),
-        server_name="unused",
-        link_config=LinkConfig(),
-    )
-    proxy = Proxy(tunnel, settings, health=lambda: (200, {"status": "ok"}))
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, proxy.handle, 0, host="127.0.0.1"))
-        yield proxy, listeners[0].socket.getsockname()[1]
-        nursery.cancel_scope.cancel()
+    proxy = offline_proxy(settings, {"status": "ok"})
+    async with serve_loopback(proxy.handle) as port:
+        yield proxy, port
 
 
 async def read_response(

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import ssl
-
 import pytest
 import trio
 import trio.testing
 from trio.testing import MockClock
 
 from fluidity.agent.proxy import Proxy, ProxySettings
-from fluidity.agent.tunnel_client import TunnelClient
 from fluidity.protocol import Response, Settings
 from fluidity.tunnel import LinkConfig, StreamReset, TunnelStream
+from tests.agent.support import offline_proxy
 
 from ..tunnel.helpers import linked_pair
 
@@ -20,14 +18,7 @@ SETTINGS = ProxySettings(head_timeout=5.0, idle_timeout=60.0)
 
 
 def make_proxy() -> Proxy:
-    tunnel = TunnelClient(
-        "127.0.0.1",
-        9,
-        ssl_context=ssl.create_default_context(),
-        server_name="unused",
-        link_config=LinkConfig(),
-    )
-    return Proxy(tunnel, SETTINGS, health=lambda: (200, {}))
+    return offline_proxy(SETTINGS)
 
 
 async def read_until_closed(stream: trio.abc.Stream) -> bytes:

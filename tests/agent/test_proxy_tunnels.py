@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import ssl
-import tracemalloc
 from functools import partial
 
 import trio
 import trio.testing
 
-from fluidity.agent.proxy import Proxy, ProxySettings
-from fluidity.agent.tunnel_client import TunnelClient
 from fluidity.protocol import ConnectAck
-from fluidity.tunnel import LinkConfig, TunnelStream
+from fluidity.tunnel import TunnelStream
+from tests.agent.support import offline_proxy
+from tests.support.memory import large_blocks_left
 
 from ..tunnel.helpers import linked_pair
 
@@ -42,14 +40,7 @@ async def test_idle_tunnels_keep_none_of_the_bytes_they_relayed() -> None:
     """16 tunnels each echo 64 KiB, then go quiet: the agent keeps none of it (its relay kept
     the last chunk while it waited for the next one: 64 KiB per idle tunnel)."""
     payload = bytes(CHUNK)
-    tunnel = TunnelClient(
-        "127.0.0.1",
-        9,
-        ssl_context=ssl.create_default_context(),
-        server_name="unused",
-        link_config=LinkConfig(),
-    )
-    proxy = Proxy(tunnel, ProxySettings(), health=lambda: (200, {}))
+    proxy = offline_proxy()
 
     async def round_trip(client: trio.SocketStream) -> None:
         await client.send_all(payload)
@@ -63,17 +54,8 @@ async def test_idle_tunnels_keep_none_of_the_bytes_they_relayed() -> None:
             serve = partial(trio.serve_tcp, proxy.handle, 0, host="127.0.0.1")
             port = (await nursery.start(serve))[0].socket.getsockname()[1]
             clients = [await open_tunnel(port) for _ in range(16)]
-            tracemalloc.start()
-            try:
-                async with trio.open_nursery() as tunnels:
-                    for client in clients:
-                        tunnels.start_soon(round_trip, client)
-                await trio.testing.wait_all_tasks_blocked()
-                snapshot = tracemalloc.take_snapshot()
-            finally:
-                tracemalloc.stop()
+            held = await large_blocks_left(partial(round_trip, client) for client in clients)
             for client in clients:
                 await client.aclose()
             nursery.cancel_scope.cancel()
-    held = [trace for trace in snapshot.traces if trace.size >= 16 * 1024]
     assert sum(trace.size for trace in held) < CHUNK, [str(t.traceback) for t in held]

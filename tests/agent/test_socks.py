@@ -3,7 +3,6 @@ timeout, a tunnel that never comes up, and the reply codes for the server's answ
 
 from __future__ import annotations
 
-import ssl
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,9 +14,9 @@ import trio
 from fluidity.agent.proxy import Proxy, ProxySettings
 from fluidity.agent.socks import handle_socks, reply_for
 from fluidity.agent.socks5 import Reply
-from fluidity.agent.tunnel_client import TunnelClient
 from fluidity.protocol import ConnectAck
-from fluidity.tunnel import LinkConfig
+from tests.agent.support import offline_proxy
+from tests.support.origins import serve_loopback
 
 GREETING = b"\x05\x01\x00"
 CONNECT_LOOPBACK = b"\x05\x01\x00\x01\x7f\x00\x00\x01" + struct.pack("!H", 9)
@@ -26,19 +25,9 @@ CONNECT_LOOPBACK = b"\x05\x01\x00\x01\x7f\x00\x00\x01" + struct.pack("!H", 9)
 @asynccontextmanager
 async def serve_socks(settings: ProxySettings) -> AsyncIterator[tuple[Proxy, int]]:
     """A SOCKS listener on 127.0.0.1 port 0 whose tunnel never comes up."""
-    tunnel = TunnelClient(
-        "127.0.0.1",
-        9,
-        ssl_context=ssl.create_default_context(),
-        server_name="unused",
-        link_config=LinkConfig(),
-    )
-    proxy = Proxy(tunnel, settings, health=lambda: (200, {}))
-    async with trio.open_nursery() as nursery:
-        handler = partial(handle_socks, proxy)
-        listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
-        yield proxy, listeners[0].socket.getsockname()[1]
-        nursery.cancel_scope.cancel()
+    proxy = offline_proxy(settings)
+    async with serve_loopback(partial(handle_socks, proxy)) as port:
+        yield proxy, port
 
 
 async def answer(port: int, data: bytes) -> bytes:

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import re
 from functools import partial
 
 import h11
 import trio
 
+from .origin import DEFAULT_SIZE, SIZE_QUERY
 from .ready import write_ready
 
 HOST = "127.0.0.1"
 READ_SIZE = 64 * 1024
-_N = re.compile(rb"[?&]n=(\d+)")
 _HEADERS = [(b"content-type", b"application/octet-stream")]
 
 
@@ -40,8 +39,8 @@ async def serve(stream: trio.SocketStream) -> None:
                 continue
             if not isinstance(event, h11.Request):
                 return
-            match = _N.search(event.target)
-            body = b"x" * (int(match[1]) if match else 0)
+            match = SIZE_QUERY.search(event.target)
+            body = b"x" * (int(match[1]) if match else DEFAULT_SIZE)
             while conn.next_event() is not h11.NEED_DATA and conn.their_state is not h11.DONE:
                 pass  # a GET: its EndOfMessage; a body is read and dropped
             headers = [*_HEADERS, (b"content-length", str(len(body)).encode())]

@@ -40,7 +40,7 @@ MAX_HEAD = 64 * 1024
 #: Bodies up to this size go out with the head in one write.
 SMALL_BODY = 64 * 1024
 DEFAULT_SIZE = 1024
-_SIZE = re.compile(rb"[?&]n=(\d+)")
+SIZE_QUERY = re.compile(rb"[?&]n=(\d+)")
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
 _CLOSE = re.compile(rb"\r\nconnection:[^\r\n]*close", re.IGNORECASE)
 
@@ -116,7 +116,7 @@ class HttpOrigin(asyncio.Protocol):
             head = bytes(buffer[:end])
             del buffer[: end + 4]
             line_end = head.find(b"\r\n")
-            match = _SIZE.search(head if line_end < 0 else head[:line_end])
+            match = SIZE_QUERY.search(head if line_end < 0 else head[:line_end])
             n = int(match.group(1)) if match else DEFAULT_SIZE
             length = _CONTENT_LENGTH.search(head)
             if length:

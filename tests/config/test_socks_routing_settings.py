@@ -3,30 +3,15 @@ errors that name the setting and the entry at fault."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import pytest
 
 from fluidity.agent.routing import Action, Routes
-from fluidity.agent.settings import AgentConfig
-from fluidity.settings import ConfigError, load_config
+from fluidity.settings import ConfigError
+from tests.config.test_config import assert_names_setting, load_agent
 
 WriteYaml = Callable[[object], str]
-
-
-def load_agent(
-    path: str | None = None,
-    env: Mapping[str, str] | None = None,
-    flags: Mapping[str, object] | None = None,
-) -> AgentConfig:
-    return load_config(AgentConfig, path=path, env=env or {}, flags=flags or {})
-
-
-def assert_names_setting(message: str, key: str) -> None:
-    """The message names the setting all three ways."""
-    assert key in message
-    assert "FLUIDITY_" + key.upper() in message
-    assert "--" + key.replace("_", "-") in message
 
 
 def test_routes_from_yaml_environment_and_flags(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import tracemalloc
+from functools import partial
 
 import pytest
 import trio
@@ -13,6 +13,7 @@ from fluidity.protocol import ErrorCode
 from fluidity.server.egress import EgressPolicy
 from fluidity.tunnel import StreamReset, TunnelStream
 from tests.server.harness import TunnelByteStream, open_connect, read_all, send_body, serving
+from tests.support.memory import large_blocks_left
 from tests.support.origins import (
     ECHO_TRAILER,
     HTTPOrigin,
@@ -179,20 +180,11 @@ async def test_idle_tunnels_keep_none_of_the_bytes_they_relayed() -> None:
             streams = [
                 (await open_connect(env.agent, "127.0.0.1", port))[0] for _ in range(tunnels)
             ]
-            tracemalloc.start()
-            try:
-                async with trio.open_nursery() as nursery:
-                    for stream in streams:
-                        nursery.start_soon(round_trip, stream)
-                await trio.testing.wait_all_tasks_blocked()
-                snapshot = tracemalloc.take_snapshot()
-            finally:
-                tracemalloc.stop()
+            held = await large_blocks_left(partial(round_trip, stream) for stream in streams)
             for stream in streams:
                 await stream.aclose()
     # Nothing of a chunk's size is left: no relay's last chunk, no link's last read, write
     # batch or decoder buffer.
-    held = [trace for trace in snapshot.traces if trace.size >= 16 * 1024]
     assert sum(trace.size for trace in held) < size, [str(t.traceback) for t in held]
 
 

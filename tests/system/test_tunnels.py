@@ -17,7 +17,7 @@ from tests.support.origins import (
 from tests.support.pki import make_tls
 from tests.support.wsclient import proxied_websocket
 
-from .helpers import Tunnel, open_connect
+from .helpers import Tunnel, echo_round_trip, open_connect
 
 
 async def test_connect_to_an_https_origin_with_curl(tunnel: Tunnel) -> None:
@@ -38,18 +38,9 @@ async def test_connect_relays_bytes_with_half_close(tunnel: Tunnel) -> None:
         async with stream:
             assert head.startswith(b"HTTP/1.1 200 ")
             payload = bytes(range(256)) * 4096  # 1 MiB
-
-            async def send() -> None:
-                await stream.send_all(payload)
-                await stream.send_eof()
-
-            received = bytearray()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(send)
-                while data := await stream.receive_some(65536):
-                    received += data
+            received = await echo_round_trip(stream, payload)
     # Everything came back, then the origin's answer to our EOF, then its EOF.
-    assert bytes(received) == payload + ECHO_TRAILER
+    assert received == payload + ECHO_TRAILER
     assert origin.endings == ["eof"]
 
 
